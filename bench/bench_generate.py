@@ -8,10 +8,11 @@ Full-size architectures with random weights (speed does not depend on the weight
   stage 2: the refinable mesh (~48.5k triangles) rasterised at 512, VAE encoder + SD-2.1-base
            UNet on text / empty / negative, backward into vertices and albedo field.
 naive: dense sampling of every ray step (no occupancy grid), the pure-PyTorch hash grid and
-rasterizer, eager UNet. ours (eager, the job's default): occupancy-grid skipping with the
+rasterizer, eager UNet. ours (the job's default): occupancy-grid skipping with the
 no-grad pruning pass and the occupancy update every 16 steps, the engine's fastest installed
-hash grid (tiny-cuda-nn, else the Triton kernels where present, else PyTorch) and nvdiffrast
-where installed. ours + compile (the job's --compile): the same with the UNet under
+hash grid (tiny-cuda-nn, else the Triton kernels where present, else PyTorch), nvdiffrast
+where installed, and the UNet call replayed from a CUDA graph per input shape
+(engine/prior/graphed.py); "eager UNet" rows leave that out. ours + compile (the job's --compile): the same with the UNet under
 torch.compile(mode="reduce-overhead") (CUDA graphs); its compile time is reported too.
 Also measured: peak memory while the prompts are encoded by a T5-XXL-sized encoder with the
 IF-sized UNet resident (the job's peak before the encoder is freed), and the stage-1 step at
@@ -50,6 +51,7 @@ from engine.nerf.occupancy import OccupancyGrid  # noqa: E402
 from engine.nerf.perp_neg import perp_neg_distillation_loss, perp_neg_embeddings  # noqa: E402
 from engine.nerf.renderer import NerfModel, render_nerf, shade_albedo  # noqa: E402
 from engine.nerf.surface import RefinableMesh  # noqa: E402
+from engine.prior.graphed import use_cuda_graphs  # noqa: E402
 from engine.prior.latent import LatentPrior  # noqa: E402
 from engine.prior.pixel import PixelPrior  # noqa: E402
 from engine.render.cameras import orbit_cameras  # noqa: E402
@@ -327,7 +329,8 @@ class Recorder:
     def projections(self) -> list[str]:
         lines = []
         variants = (("naive", "stage 1 naive", "stage 2 naive"),
-                    ("ours, eager (job default)", "stage 1 ours", "stage 2 ours"),
+                    ("ours (job default: UNet calls from CUDA graphs)", "stage 1 ours", "stage 2 ours"),
+                    ("ours, eager UNet (the default before)", "stage 1 ours, eager UNet", "stage 2 ours, eager UNet"),
                     ("ours + compile (--compile)", "stage 1 ours + compile", "stage 2 ours + compile"))
         for name, s1, s2 in variants:
             for perp in ("", " + Perp-Neg"):
@@ -384,8 +387,10 @@ def main() -> None:
     rec = Recorder(args.out, header, args.budget_s)
     size1 = 64 if not args.smoke else 16
 
-    def stage1_row(prior, embeddings, perp_neg: bool, naive: bool, batch: int = 1, triton: bool = True):
+    def stage1_row(prior, embeddings, perp_neg: bool, naive: bool, batch: int = 1, triton: bool = True,
+                   graphs: bool = True):
         def measure():
+            use_cuda_graphs(prior, graphs and not naive)
             model = build_nerf(device, args.smoke, naive)
             if not triton:
                 set_triton_hash_grid(model, False)
@@ -428,6 +433,8 @@ def main() -> None:
             "the job's peak before the encoder is freed; 6 prompts of 77 tokens")
     rec.run("stage 1 ours", stage1_row(prior, embeddings, False, False), "batch 1, text/empty/negative")
     rec.run("stage 1 ours + Perp-Neg", stage1_row(prior, embeddings, True, False), "batch 1, + 2 other views")
+    rec.run("stage 1 ours + Perp-Neg, eager UNet", stage1_row(prior, embeddings, True, False, graphs=False),
+            "the UNet call not replayed from a CUDA graph (the job's default before)")
     rec.run(f"stage 1 ours, batch {NO_FRONT_BATCH}", stage1_row(prior, embeddings, False, False, NO_FRONT_BATCH),
             "the job's batch for prompts without a clear front (Perp-Neg off)")
     if (header.get("hash_grid") or "").startswith("Triton"):
@@ -455,8 +462,9 @@ def main() -> None:
 
     header["rasterizer"] = "nvdiffrast" if device.type == "cuda" and nvdiffrast_available() else "PyTorch"
 
-    def stage2_row(naive: bool):
+    def stage2_row(naive: bool, compiled: bool = False):
         def measure():
+            use_cuda_graphs(prior, not naive and not compiled)
             mesh = RefinableMesh(positions, triangles, grid).to(device)
             if not naive and device.type == "cuda":
                 from engine.field.texture_field import TextureField
@@ -472,11 +480,13 @@ def main() -> None:
         return measure
 
     rec.run("stage 2 naive", stage2_row(True), "PyTorch rasterizer")
-    rec.run("stage 2 ours", stage2_row(False), "eager UNet")
+    rec.run("stage 2 ours", stage2_row(False), "UNet call replayed from a CUDA graph")
+    rec.run("stage 2 ours, eager UNet", stage2_row(False, compiled=True), "the job's default before")
     if compile_rows:
         torch._dynamo.reset()
         prior.unet = torch.compile(prior.unet, mode="reduce-overhead")
-        rec.run("stage 2 ours + compile", stage2_row(False), "UNet: torch.compile reduce-overhead; first call compiles")
+        rec.run("stage 2 ours + compile", stage2_row(False, compiled=True),
+                "UNet: torch.compile reduce-overhead; first call compiles")
         prior.unet = getattr(prior.unet, "_orig_mod", prior.unet)
     del prior
     gc.collect()
@@ -490,7 +500,7 @@ def main() -> None:
             torch._dynamo.reset()
             prior.unet = torch.compile(prior.unet, mode="reduce-overhead")
             rec.run(f"stage 1 ours{' + Perp-Neg' if perp_neg else ''} + compile",
-                    stage1_row(prior, embeddings, perp_neg, False), "first call compiles")
+                    stage1_row(prior, embeddings, perp_neg, False, graphs=False), "first call compiles")
             prior.unet = getattr(prior.unet, "_orig_mod", prior.unet)
         del prior
 

@@ -9,7 +9,7 @@ random views rasterised at 512 x 512; the default 16-level hash-grid texture fie
 
   (a) the naive eager step (EagerTextureStep: what the job ran before), the ratio's denominator;
   (b) the fast step (GraphedTextureStep: one CUDA graph per step) and its variants
-      (cuDNN autotuning, channels_last);
+      (each switching one option off, or cuDNN autotuning on);
   pieces of the step, each alone in eager mode and captured in a graph, to see where time goes;
   (c) a whole 2000-step texture job at 512 with a 2048 x 2048 bake, run as the add-on runs it
       (`python -m engine run JOB_DIR`, a fresh process) from a model folder saved beforehand:
@@ -81,13 +81,13 @@ VARIANTS = {
     "no-triton-group-norm": {"triton_group_norm": False},  # PyTorch's GroupNorm
     "no-math-vae-attention": {"vae_math_attention": False},  # SDPA's own kernel choice in the VAE
     "none": {"triton": False, "shuffle_points": False, "overlap_controlnets": False, "share_condition": False,
-             "triton_group_norm": False, "vae_math_attention": False},  # the graph alone
+             "triton_group_norm": False, "vae_math_attention": False, "channels_last": False},  # the graph alone
     "float-atomics": {"float_atomics": True},  # hash-grid backward by float32 atomics (not deterministic)
     "cudnn-benchmark": {"cudnn_benchmark": True},
-    "channels-last": {"cudnn_benchmark": True, "channels_last": True},
+    "no-channels-last": {"channels_last": False},  # the networks NCHW (cuDNN converts around each conv)
 }
 OPTION_NAMES = ("share_condition", "overlap_controlnets", "triton_group_norm", "vae_math_attention",
-                "shuffle_points")
+                "shuffle_points", "channels_last")
 
 # --smoke: the same code paths with toy widths, on the CPU.
 SMOKE_UNET = dict(SD15_UNET, sample_size=8, layers_per_block=1, block_out_channels=(32, 32, 64, 64),
@@ -342,18 +342,25 @@ def graphed_runs_equal(prior, views, cameras, embeddings, config, device) -> boo
 
 
 def profile_kernels(name: str, fn, top: int = 22) -> None:
-    """fn's CUDA kernels by total time over 3 calls (a graph replays the same kernels)."""
+    """fn's CUDA kernels by total time over 3 calls (a graph replays the same kernels), then the
+    PyTorch operators (with their input shapes) that launched them."""
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
-    print(f"--- profile: {name} (3 calls)")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=80))
+    print(f"--- profile: {name} (3 calls), kernels")
+    kernels = [event for event in prof.key_averages() if event.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda event: event.device_time_total, reverse=True)
+    for event in kernels[:top]:
+        print(f"{event.device_time_total / 1000:9.3f} ms {event.count:6d} calls  {event.key[:110]}")
+    print(f"--- profile: {name} (3 calls), operators by their own CUDA time")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=top,
+                                                            max_name_column_width=40, max_shapes_column_width=70))
 
 
 def profile_step(static: StaticTextureStep) -> None:
@@ -418,10 +425,12 @@ def run_job(root: Path, model: Path, controlnets: dict[str, Path], steps: int, r
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
     if process.returncode != 0:
         print(process.stdout[-3000:], process.stderr[-3000:], sep="\n")
-    warnings = [json.loads(line).get("message") for line in process.stdout.splitlines()
-                if line.startswith("{") and json.loads(line).get("event") == "warning"]
+    events = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    warnings = [event.get("message") for event in events if event.get("event") == "warning"]
+    # When each stage began (seconds since the engine's start): where the setup time goes.
+    stages = {event["name"]: event["time"] for event in events if event.get("event") == "stage"}
     return dict(exit_code=process.returncode, wall_s=wall_s, status=result.get("status"),
-                timings=result.get("timings", {}), warnings=warnings,
+                timings=result.get("timings", {}), warnings=warnings, stage_start_s=stages,
                 texture=str(job / "out" / "texture.png"))
 
 
@@ -520,7 +529,6 @@ def main() -> None:
             continue
         options = VARIANTS[variant]
         torch.backends.cudnn.benchmark = options.get("cudnn_benchmark", False)
-        set_channels_last(prior, options.get("channels_last", False))
         field.encoding.use_triton = options.get("triton", True)
         hashgrid_triton.DETERMINISTIC = not options.get("float_atomics", False)
         kwargs = {"options": FastStepOptions(**{key: options[key] for key in OPTION_NAMES if key in options})}
@@ -559,7 +567,7 @@ def main() -> None:
         job = run_job(out, model, controlnet_folders, job_steps, render_size, texture_size, device.type,
                       subdivisions, args.job_timeout)
         print(f"  job: exit {job['exit_code']}, {job['wall_s']:.1f} s wall, timings {job['timings']}, "
-              f"warnings {job['warnings']}", flush=True)
+              f"warnings {job['warnings']}, stages began at {job['stage_start_s']}", flush=True)
 
     table = save_results(out, rows, pieces, job, eager["median_ms"], device_name, smoke)
     print()

@@ -44,6 +44,7 @@ from ..nerf.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distilla
 from ..nerf.renderer import GEOMETRY_ALBEDO, NerfModel, render_nerf, shade_albedo, shade_geometry
 from ..nerf.surface import RefinableMesh
 from ..prior.base import DiffusionPrior
+from ..prior.graphed import use_cuda_graphs
 from ..prior.load import load_prior
 from ..render.cameras import Cameras, orbit_cameras, sample_cameras
 from ..render.gbuffer import GBuffer
@@ -462,9 +463,15 @@ def write_preview(context: JobContext, image: np.ndarray, step: int) -> None:
 
 
 def compile_unet(prior: DiffusionPrior, enabled: bool) -> None:
-    """CUDA graphs for the UNet: the eager UNet is launch-bound (shared/reference/gpu-baseline.md)."""
-    if enabled and prior.device.type == "cuda":
+    """CUDA graphs for the UNet: the eager UNet is launch-bound (shared/reference/gpu-baseline.md).
+    By default each input shape's call is captured once and replayed; --compile has
+    torch.compile fuse the UNet's kernels as well (minutes of compiling first)."""
+    if prior.device.type != "cuda":
+        return
+    if enabled:
         prior.unet = torch.compile(prior.unet, mode="reduce-overhead")
+    else:
+        use_cuda_graphs(prior)
 
 
 def _write_state(path: Path, state: dict) -> None:

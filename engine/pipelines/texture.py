@@ -114,6 +114,7 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
         cancel.check()
 
         # 3. The views: rasterised once, on first use.
+        reporter.stage("preparing views")
         cameras = build_cameras(config, mesh.normalization, generator)
         views = ViewPool(positions, triangles, cameras, config.render_size,
                          with_control=prior.supports_controlnet)

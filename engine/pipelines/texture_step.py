@@ -39,7 +39,8 @@ from ..field.texture_field import TextureField
 from ..guidance.score_distillation import (score_distillation_loss, sample_timesteps, sds_direction,
                                            surrogate_loss, weight_gradient)
 from ..prior.base import ControlImages, DiffusionPrior
-from ..prior.group_norm_triton import triton_group_norms
+from ..prior.channels_last import nhwc_transformer_outputs, set_memory_format
+from ..prior.group_norm_triton import triton_available, triton_group_norms
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import Lighting, sample_backgrounds, sample_lighting, shade
@@ -67,6 +68,18 @@ def make_optimizer(field: TextureField, learning_rate: float, capturable: bool =
 def prior_modules(prior: DiffusionPrior) -> list[torch.nn.Module]:
     return [m for m in (getattr(prior, "unet", None), getattr(prior, "vae", None),
                         *getattr(prior, "controlnets", {}).values()) if isinstance(m, torch.nn.Module)]
+
+
+@contextmanager
+def half_precision_math_attention() -> Iterator[None]:
+    """SDPA's math kernels keep fp16/bf16 inputs in their precision (matmuls still accumulate in float32)."""
+    previous = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(previous)
 
 
 @contextmanager
@@ -164,10 +177,13 @@ class FastStepOptions:
     share_condition      each ControlNet embeds the view's condition image once, not once per prompt
     overlap_controlnets  (CUDA) the ControlNets run side by side on their own streams
     triton_group_norm    (CUDA) GroupNorm statistics by a Triton split reduction (prior/group_norm_triton.py)
-    vae_math_attention   (CUDA) the VAE's single-head 512-wide attention through SDPA's math kernels:
-                         the memory-efficient kernel PyTorch picks for it takes ~6 ms in backward
+    vae_math_attention   (CUDA) the VAE's single-head 512-wide attention through SDPA's math kernels in
+                         half precision: the memory-efficient kernel PyTorch picks for it takes ~6 ms
+                         in backward, and the math kernels by default upcast to float32 (SIMT GEMMs)
     shuffle_points       (CUDA) each view's points in a fixed random order, so neighbouring threads of
                          the hash grid's backward rarely add into the same coarse-level row at once
+    channels_last        (CUDA, with triton_group_norm) the prior's networks run NHWC end to end: cuDNN
+                         computes convolutions in NHWC, so NCHW tensors are converted around every one
     """
 
     share_condition: bool = True
@@ -175,6 +191,7 @@ class FastStepOptions:
     triton_group_norm: bool = True
     vae_math_attention: bool = True
     shuffle_points: bool = True
+    channels_last: bool = True
 
 
 class _PackedView:
@@ -209,6 +226,10 @@ class StaticTextureStep:
         self.embeddings, self.config, self.generator, self.device = embeddings, config, generator, device
         self.options = options = options or FastStepOptions()
         cuda = device.type == "cuda"
+        # PyTorch's own GroupNorm turns NHWC back into NCHW, so NHWC pays only with the Triton one.
+        self.channels_last = cuda and options.channels_last and options.triton_group_norm and triton_available()
+        if cuda:
+            set_memory_format(prior_modules(prior), self.channels_last)
         self.streams = ([torch.cuda.Stream(device) for _ in getattr(prior, "controlnets", {})]
                         if options.overlap_controlnets and cuda else None)
         self.optimizer = make_optimizer(field, config.learning_rate, capturable=self.capturable)
@@ -278,19 +299,21 @@ class StaticTextureStep:
         with ExitStack() as stack:
             if self.options.triton_group_norm and self.device.type == "cuda":
                 stack.enter_context(triton_group_norms(*prior_modules(self.prior)))
+            if self.channels_last:
+                stack.enter_context(nhwc_transformer_outputs(*prior_modules(self.prior)))
             return self._loss()
 
     def _loss(self) -> Tensor:
         prior, embeddings, guidance, options = self.prior, self.embeddings, self.config.guidance, self.options
         with ExitStack() as stack:
             if options.vae_math_attention and self.device.type == "cuda":
-                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-            images = self.render().permute(0, 3, 1, 2)
+                stack.enter_context(half_precision_math_attention())
+            images = self.render().permute(0, 3, 1, 2)  # NHWC strides already
             if self.device.type == "cuda":
-                # Contiguous NCHW: the permuted render has channels-last strides, which would send the
-                # VAE's first levels through layout conversions and PyTorch's slower GroupNorm path.
-                # (Not on the CPU, where it would change the convolutions' rounding against the eager step.)
-                images = images.contiguous()
+                # One layout for the whole VAE (not on the CPU, where it would change the convolutions'
+                # rounding against the eager step).
+                images = images.contiguous(memory_format=torch.channels_last if self.channels_last
+                                           else torch.contiguous_format)
             x = prior.images_to_model_input(images)
         batch, num_prompts = x.shape[0], embeddings.shape[0]
         control = ControlImages(self.control, self.control_scale) if self.control else None
