@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..bake.bake import bake_texture
 from ..config import HashGridConfig, update_from_dict
-from ..errors import BadInputError, EngineError
+from ..errors import BadInputError
 from ..field.texture_field import TextureField
 from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
@@ -46,7 +46,8 @@ from ..prior.base import ControlImages, DiffusionPrior
 from ..prior.load import load_prior
 from ..render.shading import sample_backgrounds, sample_lighting, shade
 from .edit_config import EditJobConfig
-from .texture import PreparedMesh, build_cameras, export_textured_mesh, save_corner_uvs, save_state, write_preview
+from .texture import (PreparedMesh, build_cameras, export_textured_mesh, optimise, save_corner_uvs, save_state,
+                      write_preview)
 from .texture_step import EagerTextureStep, GraphedTextureStep, StaticTextureStep, render_albedo_view
 from .views import ViewPool
 
@@ -125,18 +126,8 @@ def run_edit(config: EditJobConfig, context: JobContext) -> dict[str, str]:
             reporter.emit("warning", message=warning)
 
     # 4. Optimisation: Eq. 11, plus the pull back towards the source's render.
-    reporter.stage("optimising")
-    with context.timed("optimise_s"):
-        loss_value = 0.0
-        for step in range(config.steps):
-            cancel.check()
-            loss_value = float(edit_step(step))
-            if not np.isfinite(loss_value):
-                raise EngineError(f"The optimisation diverged (the loss became {loss_value} at step {step + 1}).",
-                                  "Try a lower --lr or another --seed.")
-            reporter.step(step + 1, config.steps, loss_value, every=max(1, config.steps // 100))
-            if config.preview_every and (step + 1) % config.preview_every == 0 and step + 1 < config.steps:
-                write_preview(field, mesh, views, out, step + 1, device, context)
+    loss_value = optimise(edit_step, config.steps, config.preview_every, context,
+                          lambda step: write_preview(field, mesh, views, out, step, device, context))
 
     # 5. Bake and export, as the texture job.
     reporter.stage("baking")

@@ -13,6 +13,7 @@ Read top to bottom, this is the whole job (paper section 5.3):
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,18 +126,8 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
             reporter.emit("warning", message=warning)
 
     # 4. Optimisation.
-    reporter.stage("optimising")
-    with context.timed("optimise_s"):
-        loss_value = 0.0
-        for step in range(config.steps):
-            cancel.check()
-            loss_value = float(texture_step(step))
-            if not np.isfinite(loss_value):
-                raise EngineError(f"The optimisation diverged (the loss became {loss_value} at step {step + 1}).",
-                                  "Try a lower --lr or another --seed.")
-            reporter.step(step + 1, config.steps, loss_value, every=max(1, config.steps // 100))
-            if config.preview_every and (step + 1) % config.preview_every == 0 and step + 1 < config.steps:
-                write_preview(field, mesh, views, out, step + 1, device, context)
+    loss_value = optimise(texture_step, config.steps, config.preview_every, context,
+                          lambda step: write_preview(field, mesh, views, out, step, device, context))
 
     # 5. Bake and export.
     reporter.stage("baking")
@@ -149,6 +140,26 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
     reporter.emit("summary", coverage=round(float(baked.coverage), 4), final_loss=loss_value,
                   unwrapped=mesh.unwrapped)
     return outputs
+
+
+def optimise(step_fn: Callable[[int], torch.Tensor | float], steps: int, preview_every: int, context: JobContext,
+             preview: Callable[[int], None]) -> float:
+    """The loop the texture and edit jobs share: `step_fn(step)` (0-based) takes one optimiser step
+    and returns its loss; a cancel check before each, a step event after each (about 100 in all)
+    and `preview(done)` every `preview_every` steps (0: never) but the last. Returns the last loss."""
+    context.reporter.stage("optimising")
+    with context.timed("optimise_s"):
+        loss_value = 0.0
+        for step in range(steps):
+            context.cancel.check()
+            loss_value = float(step_fn(step))
+            if not np.isfinite(loss_value):
+                raise EngineError(f"The optimisation diverged (the loss became {loss_value} at step {step + 1}).",
+                                  "Try a lower --lr or another --seed.")
+            context.reporter.step(step + 1, steps, loss_value, every=max(1, steps // 100))
+            if preview_every and (step + 1) % preview_every == 0 and step + 1 < steps:
+                preview(step + 1)
+    return loss_value
 
 
 def write_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, out: Path, step: int,
