@@ -7,9 +7,9 @@ guarantees a result.json and a documented exit code for every outcome.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
-from typing import Callable
 
 from .config import (DEFAULT_NEGATIVE_PROMPT, TextureJobConfig, add_common_arguments, apply_common_arguments, to_dict,
                      update_from_dict)
@@ -63,47 +63,27 @@ def texture_config_from_job(settings: dict, mesh: Path, out: Path) -> TextureJob
     return update_from_dict(config, settings)
 
 
-def _run(task: str, config, out: Path, pipeline: Callable[[object, JobContext], dict[str, str]],
-         reporter: ProgressReporter, cancel: CancelToken) -> int:
-    """The pipeline validates its config first, so bad settings also end in a result.json."""
-    return run_pipeline(task, to_dict(config), out, config.device, lambda context: pipeline(config, context),
-                        reporter, cancel)
+def _run(task: str, config, out: Path, reporter: ProgressReporter, cancel: CancelToken) -> int:
+    """engine/pipelines/<task>.py's run_<task>, imported inside run_pipeline: a failing import, like
+    bad settings (the pipeline validates its config first), still ends in a result.json."""
+    def pipeline(context: JobContext) -> dict[str, str]:
+        module = importlib.import_module(f".pipelines.{task}", __package__)
+        return getattr(module, f"run_{task}")(config, context)
 
-
-def _texture_pipeline():
-    from .pipelines.texture import run_texture
-
-    return run_texture
+    return run_pipeline(task, to_dict(config), out, config.device, pipeline, reporter, cancel)
 
 
 def command_texture(args: argparse.Namespace) -> int:
-    config = texture_config_from_args(args)
-    return _run("texture", config, Path(args.out), lambda c, ctx: _texture_pipeline()(c, ctx),
-                ProgressReporter(), CancelToken())
-
-
-def _generate_pipeline():
-    from .pipelines.generate import run_generate
-
-    return run_generate
+    return _run("texture", texture_config_from_args(args), Path(args.out), ProgressReporter(), CancelToken())
 
 
 def command_generate(args: argparse.Namespace) -> int:
     config = generate_config_from_args(args)
-    return _run("generate", config, Path(config.out), lambda c, ctx: _generate_pipeline()(c, ctx),
-                ProgressReporter(), CancelToken())
-
-
-def _edit_pipeline():
-    from .pipelines.edit import run_edit
-
-    return run_edit
+    return _run("generate", config, Path(config.out), ProgressReporter(), CancelToken())
 
 
 def command_edit(args: argparse.Namespace) -> int:
-    config = edit_config_from_args(args)
-    return _run("edit", config, Path(args.out), lambda c, ctx: _edit_pipeline()(c, ctx),
-                ProgressReporter(), CancelToken())
+    return _run("edit", edit_config_from_args(args), Path(args.out), ProgressReporter(), CancelToken())
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -114,16 +94,13 @@ def command_run(args: argparse.Namespace) -> int:
         cancel = CancelToken(spec.cancel_path)
         if spec.task == "texture":
             config = texture_config_from_job(spec.settings, spec.mesh, spec.output_dir)
-            return _run("texture", config, spec.output_dir, lambda c, ctx: _texture_pipeline()(c, ctx),
-                        reporter, cancel)
-        if spec.task == "generate":
+        elif spec.task == "generate":
             config = generate_config_from_job(spec.settings, spec.output_dir)
-            return _run("generate", config, spec.output_dir, lambda c, ctx: _generate_pipeline()(c, ctx),
-                        reporter, cancel)
-        if spec.task == "edit":
+        elif spec.task == "edit":
             config = edit_config_from_job(spec.settings, spec.source, spec.output_dir)
-            return _run("edit", config, spec.output_dir, lambda c, ctx: _edit_pipeline()(c, ctx), reporter, cancel)
-        raise JobFileError(f"This engine cannot run {spec.task!r} jobs yet.", "Update the engine.")
+        else:
+            raise JobFileError(f"This engine cannot run {spec.task!r} jobs yet.", "Update the engine.")
+        return _run(spec.task, config, spec.output_dir, reporter, cancel)
     except EngineError as exc:
         reporter.emit("error", **exc.to_dict())
         print(f"error: {exc.message}", file=sys.stderr)
