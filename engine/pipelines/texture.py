@@ -130,15 +130,8 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
                           lambda step: write_preview(field, mesh, views, out, step, device, context))
 
     # 5. Bake and export.
-    reporter.stage("baking")
-    with context.timed("bake_s"):
-        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, device)
-    reporter.stage("exporting")
-    with context.timed("export_s"), cancel.critical():
-        outputs = export_textured_mesh(out, mesh, baked.image)
-        outputs["state"] = save_state(out, field, config, mesh)
-    reporter.emit("summary", coverage=round(float(baked.coverage), 4), final_loss=loss_value,
-                  unwrapped=mesh.unwrapped)
+    outputs, coverage = bake_and_export(field, mesh, config, context)
+    reporter.emit("summary", coverage=round(coverage, 4), final_loss=loss_value, unwrapped=mesh.unwrapped)
     return outputs
 
 
@@ -175,6 +168,20 @@ def write_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, out:
     atomic_save_image(out / texture_name, texture)
     atomic_save_image(out / view_name, (render.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
     context.reporter.emit("preview", step=step, path=texture_name, view=view_name)
+
+
+def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
+                    context: JobContext) -> tuple[dict[str, str], float]:
+    """The texture and edit jobs' last stages: bake the field into the mesh's UV layout, export it
+    and save the state. Returns the outputs and the bake's UV coverage."""
+    context.reporter.stage("baking")
+    with context.timed("bake_s"):
+        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device)
+    context.reporter.stage("exporting")
+    with context.timed("export_s"), context.cancel.critical():
+        outputs = export_textured_mesh(context.output_dir, mesh, baked.image)
+        outputs["state"] = save_state(context.output_dir, field, config, mesh)
+    return outputs, float(baked.coverage)
 
 
 def export_textured_mesh(out: Path, mesh: PreparedMesh, texture: np.ndarray) -> dict[str, str]:
