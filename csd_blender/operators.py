@@ -33,13 +33,7 @@ def set_report(level: str, message: str, hint: str = "", job_dir: str = "") -> N
 
 
 def redraw(context=None) -> None:
-    wm = getattr(context or bpy.context, "window_manager", None)
-    if wm is None:
-        return
-    for window in wm.windows:
-        for area in window.screen.areas:
-            if area.type in ('VIEW_3D', 'STATUSBAR', 'PREFERENCES'):
-                area.tag_redraw()
+    preview.tag_redraw(('VIEW_3D', 'STATUSBAR', 'PREFERENCES'), context)
 
 
 # -- building jobs -----------------------------------------------------------------------------
@@ -668,11 +662,4 @@ classes = (CSD_OT_texture_selected, CSD_OT_generate_asset, CSD_OT_apply_edit, CS
            CSD_OT_check_engine)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

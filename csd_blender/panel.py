@@ -78,12 +78,17 @@ def draw_report(layout, width):
         box.operator("csd.open_folder", icon='FILE_FOLDER').path = report.job_dir
 
 
-class CSD_PT_main(bpy.types.Panel):
-    bl_label = "CSD"
-    bl_idname = "CSD_PT_main"
+class _SidebarPanel:
+    """What every CSD panel shares: its place, View3D > Sidebar > CSD."""
+
     bl_space_type = 'VIEW_3D'
     bl_region_type = 'UI'
     bl_category = "CSD"
+
+
+class CSD_PT_main(_SidebarPanel, bpy.types.Panel):
+    bl_label = "CSD"
+    bl_idname = "CSD_PT_main"
 
     def draw(self, context):
         layout = self.layout
@@ -117,13 +122,10 @@ class CSD_PT_main(bpy.types.Panel):
                     preferences.ADDON_ID
 
 
-class CSD_PT_edit(bpy.types.Panel):
+class CSD_PT_edit(_SidebarPanel, bpy.types.Panel):
     bl_label = "Edit"
     bl_idname = "CSD_PT_edit"
     bl_parent_id = "CSD_PT_main"
-    bl_space_type = 'VIEW_3D'
-    bl_region_type = 'UI'
-    bl_category = "CSD"
 
     def draw(self, context):
         layout = self.layout
@@ -144,13 +146,10 @@ class CSD_PT_edit(bpy.types.Panel):
             col.label(text=f"'{obj.name}': revision {obj.get('csd_revision')}", icon='INFO')
 
 
-class CSD_PT_advanced(bpy.types.Panel):
+class CSD_PT_advanced(_SidebarPanel, bpy.types.Panel):
     bl_label = "Advanced"
     bl_idname = "CSD_PT_advanced"
     bl_parent_id = "CSD_PT_main"
-    bl_space_type = 'VIEW_3D'
-    bl_region_type = 'UI'
-    bl_category = "CSD"
     bl_options = {'DEFAULT_CLOSED'}
 
     def draw(self, context):
@@ -200,13 +199,14 @@ def draw_status(self, context):
 classes = (CSD_PT_main, CSD_PT_edit, CSD_PT_advanced)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.STATUSBAR_HT_header.append(draw_status)
 
 
 def unregister():
     bpy.types.STATUSBAR_HT_header.remove(draw_status)
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -230,11 +230,4 @@ class CSD_AddonPreferences(bpy.types.AddonPreferences):
 classes = (CSD_AddonPreferences,)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -86,13 +86,14 @@ class CSD_SceneSettings(bpy.types.PropertyGroup):
 classes = (CSD_SceneSettings,)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.csd = PointerProperty(type=CSD_SceneSettings)
 
 
 def unregister():
     del bpy.types.Scene.csd
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -7,11 +7,12 @@ guarantees a result.json and a documented exit code for every outcome.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
-from typing import Callable
 
-from .config import DEFAULT_NEGATIVE_PROMPT, TextureJobConfig, to_dict, update_from_dict
+from .config import (DEFAULT_NEGATIVE_PROMPT, TextureJobConfig, add_common_arguments, apply_common_arguments, to_dict,
+                     update_from_dict)
 from .errors import EngineError, JobFileError
 from .job.progress import CancelToken, ProgressReporter
 from .job.protocol import read_job, result_document, write_result
@@ -20,51 +21,34 @@ from .pipelines.generate_config import add_generate_arguments, generate_config_f
 from .pipelines.edit_config import add_edit_arguments, edit_config_from_args, edit_config_from_job
 
 
-def _controlnets(value: str) -> tuple[str, ...]:
-    if value in ("none", ""):
-        return ()
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
 def add_texture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mesh", help="OBJ, glTF/GLB or PLY file, or a job folder's mesh.npz")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--out", required=True, help="output folder")
+    add_common_arguments(parser, controlnet_auto="latent models: depth,canny")
     parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
     parser.add_argument("--model", default="bundled", help="hub id, local diffusers folder, or 'bundled'")
-    parser.add_argument("--controlnet", default="auto", type=_controlnets,
-                        help="depth,canny | depth | canny | none | auto (latent models: depth,canny)")
     parser.add_argument("--guidance", choices=("csd", "sds"), default="csd")
     parser.add_argument("--steps", type=int, default=None, help="default: 300 (bundled) / 2000")
     parser.add_argument("--render-size", type=int, default=None, help="default: 64 (bundled) / 512")
     parser.add_argument("--texture-size", type=int, default=None, help="default: 512 (bundled) / 1024")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the texture field")
     parser.add_argument("--w1", type=float, default=1.0, help="CSD weight of the prompt's classifier score")
     parser.add_argument("--w2-start", type=float, default=1.0, help="CSD negative-prompt weight at the start")
     parser.add_argument("--w2-end", type=float, default=0.5, help="... and at the end (linear)")
     parser.add_argument("--cfg-scale", type=float, default=100.0, help="SDS classifier-free guidance scale")
-    parser.add_argument("--preview-every", type=int, default=None, help="steps between previews (0: none)")
     parser.add_argument("--reunwrap", action="store_true", help="ignore the mesh's UVs and unwrap anew")
     parser.add_argument("--up-axis", choices=("Y", "Z"), default=None, help="the mesh file's up axis")
-    parser.add_argument("--allow-download", action="store_true", help="let the model be downloaded")
-    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
 
 
 def texture_config_from_args(args: argparse.Namespace) -> TextureJobConfig:
     config = TextureJobConfig(prompt=args.prompt, mesh=args.mesh, out=args.out,
                               negative_prompt=args.negative_prompt, steps=args.steps,
-                              render_size=args.render_size, texture_size=args.texture_size, seed=args.seed,
-                              device=args.device, learning_rate=args.lr, reunwrap=args.reunwrap,
-                              preview_every=args.preview_every, up_axis=args.up_axis)
+                              render_size=args.render_size, texture_size=args.texture_size,
+                              reunwrap=args.reunwrap, up_axis=args.up_axis)
+    apply_common_arguments(config, args)
     config.guidance.mode = args.guidance
     config.guidance.w1, config.guidance.w2_start, config.guidance.w2_end = args.w1, args.w2_start, args.w2_end
     config.guidance.cfg_scale = args.cfg_scale
     config.prior.model = args.model
-    config.prior.controlnets = args.controlnet
-    config.prior.allow_download = args.allow_download
-    config.prior.cache_dir = args.cache_dir
     return config
 
 
@@ -79,47 +63,27 @@ def texture_config_from_job(settings: dict, mesh: Path, out: Path) -> TextureJob
     return update_from_dict(config, settings)
 
 
-def _run(task: str, config, out: Path, pipeline: Callable[[object, JobContext], dict[str, str]],
-         reporter: ProgressReporter, cancel: CancelToken) -> int:
-    """The pipeline validates its config first, so bad settings also end in a result.json."""
-    return run_pipeline(task, to_dict(config), out, config.device, lambda context: pipeline(config, context),
-                        reporter, cancel)
+def _run(task: str, config, out: Path, reporter: ProgressReporter, cancel: CancelToken) -> int:
+    """engine/pipelines/<task>.py's run_<task>, imported inside run_pipeline: a failing import, like
+    bad settings (the pipeline validates its config first), still ends in a result.json."""
+    def pipeline(context: JobContext) -> dict[str, str]:
+        module = importlib.import_module(f".pipelines.{task}", __package__)
+        return getattr(module, f"run_{task}")(config, context)
 
-
-def _texture_pipeline():
-    from .pipelines.texture import run_texture
-
-    return run_texture
+    return run_pipeline(task, to_dict(config), out, config.device, pipeline, reporter, cancel)
 
 
 def command_texture(args: argparse.Namespace) -> int:
-    config = texture_config_from_args(args)
-    return _run("texture", config, Path(args.out), lambda c, ctx: _texture_pipeline()(c, ctx),
-                ProgressReporter(), CancelToken())
-
-
-def _generate_pipeline():
-    from .pipelines.generate import run_generate
-
-    return run_generate
+    return _run("texture", texture_config_from_args(args), Path(args.out), ProgressReporter(), CancelToken())
 
 
 def command_generate(args: argparse.Namespace) -> int:
     config = generate_config_from_args(args)
-    return _run("generate", config, Path(config.out), lambda c, ctx: _generate_pipeline()(c, ctx),
-                ProgressReporter(), CancelToken())
-
-
-def _edit_pipeline():
-    from .pipelines.edit import run_edit
-
-    return run_edit
+    return _run("generate", config, Path(config.out), ProgressReporter(), CancelToken())
 
 
 def command_edit(args: argparse.Namespace) -> int:
-    config = edit_config_from_args(args)
-    return _run("edit", config, Path(args.out), lambda c, ctx: _edit_pipeline()(c, ctx),
-                ProgressReporter(), CancelToken())
+    return _run("edit", edit_config_from_args(args), Path(args.out), ProgressReporter(), CancelToken())
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -130,16 +94,13 @@ def command_run(args: argparse.Namespace) -> int:
         cancel = CancelToken(spec.cancel_path)
         if spec.task == "texture":
             config = texture_config_from_job(spec.settings, spec.mesh, spec.output_dir)
-            return _run("texture", config, spec.output_dir, lambda c, ctx: _texture_pipeline()(c, ctx),
-                        reporter, cancel)
-        if spec.task == "generate":
+        elif spec.task == "generate":
             config = generate_config_from_job(spec.settings, spec.output_dir)
-            return _run("generate", config, spec.output_dir, lambda c, ctx: _generate_pipeline()(c, ctx),
-                        reporter, cancel)
-        if spec.task == "edit":
+        elif spec.task == "edit":
             config = edit_config_from_job(spec.settings, spec.source, spec.output_dir)
-            return _run("edit", config, spec.output_dir, lambda c, ctx: _edit_pipeline()(c, ctx), reporter, cancel)
-        raise JobFileError(f"This engine cannot run {spec.task!r} jobs yet.", "Update the engine.")
+        else:
+            raise JobFileError(f"This engine cannot run {spec.task!r} jobs yet.", "Update the engine.")
+        return _run(spec.task, config, spec.output_dir, reporter, cancel)
     except EngineError as exc:
         reporter.emit("error", **exc.to_dict())
         print(f"error: {exc.message}", file=sys.stderr)

@@ -6,6 +6,7 @@ Defaults follow the paper and the authors' released settings
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -216,6 +217,36 @@ def validate_common(steps: int, render_size: int, seed: int, device: str) -> Non
         raise BadInputError(f"seed must be a non-negative integer, got {seed!r}.", "")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise BadInputError(f"Unknown device {device!r}.", "Use auto, cpu or cuda.")
+
+
+def _controlnets(value: str) -> tuple[str, ...]:
+    if value in ("none", ""):
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, controlnet_auto: str) -> None:
+    """The flags `python -m engine texture` and `edit` share, defined once so they stay alike;
+    `controlnet_auto` says what --controlnet auto picks. apply_common_arguments reads them."""
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--controlnet", default="auto", type=_controlnets,
+                        help=f"depth,canny | depth | canny | none | auto ({controlnet_auto})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the texture field")
+    parser.add_argument("--preview-every", type=int, default=None, help="steps between previews (0: none)")
+    parser.add_argument("--allow-download", action="store_true", help="let the model be downloaded")
+    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
+
+
+def apply_common_arguments(config: Any, args: argparse.Namespace) -> None:
+    """add_common_arguments' flags (but --out, which each config takes when it is made) into a
+    TextureJobConfig or an EditJobConfig."""
+    config.seed, config.device, config.learning_rate = args.seed, args.device, args.lr
+    config.preview_every = args.preview_every
+    config.prior.controlnets = args.controlnet
+    config.prior.allow_download = args.allow_download
+    config.prior.cache_dir = args.cache_dir
 
 
 def to_dict(config: Any) -> dict:

@@ -88,14 +88,19 @@ def clear_overlay() -> None:
     _tag_redraw()
 
 
-def _tag_redraw() -> None:
-    wm = getattr(bpy.context, "window_manager", None)
+def tag_redraw(area_types: tuple[str, ...], context=None) -> None:
+    """Redraw every open area of these types (also the add-on's panels, through operators.redraw)."""
+    wm = getattr(context or bpy.context, "window_manager", None)
     if wm is None:
         return
     for window in wm.windows:
         for area in window.screen.areas:
-            if area.type in ('VIEW_3D', 'STATUSBAR', 'PROPERTIES'):
+            if area.type in area_types:
                 area.tag_redraw()
+
+
+def _tag_redraw() -> None:
+    tag_redraw(('VIEW_3D', 'STATUSBAR', 'PROPERTIES'))
 
 
 def _load_texture(path: Path):

@@ -31,9 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..bake.bake import bake_texture
 from ..config import HashGridConfig, update_from_dict
-from ..errors import BadInputError, EngineError
+from ..errors import BadInputError
 from ..field.texture_field import TextureField
 from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
@@ -46,7 +45,7 @@ from ..prior.base import ControlImages, DiffusionPrior
 from ..prior.load import load_prior
 from ..render.shading import sample_backgrounds, sample_lighting, shade
 from .edit_config import EditJobConfig
-from .texture import PreparedMesh, build_cameras, export_textured_mesh, save_corner_uvs, save_state, write_preview
+from .texture import PreparedMesh, bake_and_export, build_cameras, optimise, save_corner_uvs, write_preview
 from .texture_step import EagerTextureStep, GraphedTextureStep, StaticTextureStep, render_albedo_view
 from .views import ViewPool
 
@@ -125,29 +124,14 @@ def run_edit(config: EditJobConfig, context: JobContext) -> dict[str, str]:
             reporter.emit("warning", message=warning)
 
     # 4. Optimisation: Eq. 11, plus the pull back towards the source's render.
-    reporter.stage("optimising")
-    with context.timed("optimise_s"):
-        loss_value = 0.0
-        for step in range(config.steps):
-            cancel.check()
-            loss_value = float(edit_step(step))
-            if not np.isfinite(loss_value):
-                raise EngineError(f"The optimisation diverged (the loss became {loss_value} at step {step + 1}).",
-                                  "Try a lower --lr or another --seed.")
-            reporter.step(step + 1, config.steps, loss_value, every=max(1, config.steps // 100))
-            if config.preview_every and (step + 1) % config.preview_every == 0 and step + 1 < config.steps:
-                write_preview(field, mesh, views, out, step + 1, device, context)
+    loss_value = optimise(edit_step, config.steps, config.preview_every, context,
+                          lambda step: write_preview(field, mesh, views, out, step, device, context))
 
     # 5. Bake and export, as the texture job.
-    reporter.stage("baking")
     with context.timed("bake_s"):
-        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, device)
         change = change_from_source(field, source_field, views, SUMMARY_VIEWS)
-    reporter.stage("exporting")
-    with context.timed("export_s"), cancel.critical():
-        outputs = export_textured_mesh(out, mesh, baked.image)
-        outputs["state"] = save_state(out, field, config, mesh)
-    summary = {"source_kind": source.kind, "coverage": round(float(baked.coverage), 4), "final_loss": loss_value,
+    outputs, coverage = bake_and_export(field, mesh, config, context)
+    summary = {"source_kind": source.kind, "coverage": round(coverage, 4), "final_loss": loss_value,
                "change_from_source": round(change, 5)}
     if fit_rmse is not None:
         summary["fit_rmse"] = round(fit_rmse, 5)

@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import (BUNDLED_MODEL, CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig, update_from_dict,
-                      validate_common, validate_size)
+from ..config import (BUNDLED_MODEL, CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig, add_common_arguments,
+                      apply_common_arguments, update_from_dict, validate_common, validate_size)
 from ..errors import BadInputError, JobFileError
 
 # `prior.model` when the user names none: the model the source was made with (bundled for mesh files).
@@ -139,17 +139,11 @@ class EditJobConfig:
         self.prior.validate()
 
 
-def _controlnets(value: str) -> tuple[str, ...]:
-    if value in ("none", ""):
-        return ()
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a texture job's output folder (with state.pt), or a textured .glb/.obj")
     parser.add_argument("--target-prompt", required=True, help="the object as it should become")
     parser.add_argument("--edit-prompt", required=True, help="the attribute to change or remove, e.g. \"red\"")
-    parser.add_argument("--out", required=True, help="output folder")
+    add_common_arguments(parser, controlnet_auto="the source's")
     parser.add_argument("--w1", type=float, default=1.0, help="weight of the target prompt's classifier score")
     parser.add_argument("--w2", type=float, default=0.5,
                         help="weight of the edit prompt's (subtracted) classifier score")
@@ -159,32 +153,21 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edit-geometry", action="store_true", help="also move a generated asset's surface")
     parser.add_argument("--model", default=SOURCE_MODEL,
                         help="hub id, local diffusers folder, 'bundled', or 'source' (the source's model; default)")
-    parser.add_argument("--controlnet", default="auto", type=_controlnets,
-                        help="depth,canny | depth | canny | none | auto (the source's)")
     parser.add_argument("--render-size", type=int, default=None, help="default: the source's")
     parser.add_argument("--texture-size", type=int, default=None, help="default: the source's")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the texture field")
     parser.add_argument("--fit-steps", type=int, default=DEFAULT_FIT_STEPS,
                         help="steps fitting a field to a mesh file's texture before editing")
-    parser.add_argument("--preview-every", type=int, default=None, help="steps between previews (0: none)")
     parser.add_argument("--up-axis", choices=("Y", "Z"), default=None, help="a mesh file's up axis")
-    parser.add_argument("--allow-download", action="store_true", help="let the model be downloaded")
-    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
 
 
 def edit_config_from_args(args: argparse.Namespace) -> EditJobConfig:
     config = EditJobConfig(source=args.source, target_prompt=args.target_prompt, edit_prompt=args.edit_prompt,
                            out=args.out, steps=args.steps, render_size=args.render_size,
-                           texture_size=args.texture_size, seed=args.seed, device=args.device,
-                           learning_rate=args.lr, preserve_weight=args.preserve_weight, fit_steps=args.fit_steps,
-                           edit_geometry=args.edit_geometry, preview_every=args.preview_every, up_axis=args.up_axis)
+                           texture_size=args.texture_size, preserve_weight=args.preserve_weight,
+                           fit_steps=args.fit_steps, edit_geometry=args.edit_geometry, up_axis=args.up_axis)
+    apply_common_arguments(config, args)
     config.guidance.w1, config.guidance.w2_start, config.guidance.w2_end = args.w1, args.w2, args.w2
     config.prior.model = args.model
-    config.prior.controlnets = args.controlnet
-    config.prior.allow_download = args.allow_download
-    config.prior.cache_dir = args.cache_dir
     return config
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..bake.bake import bake_texture
 from ..config import CameraConfig, update_from_dict
-from ..errors import BadInputError, EngineError
+from ..errors import BadInputError
 from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
 from ..job.runner import JobContext
@@ -40,7 +40,7 @@ from ..render.cameras import sample_cameras
 from ..render.shading import sample_backgrounds, sample_lighting, shade
 from .edit import SOURCE_HINT, encode_edit_prompts, preservation_loss
 from .edit_config import EditJobConfig
-from .texture import PreparedMesh, export_textured_mesh, save_corner_uvs, save_state
+from .texture import PreparedMesh, export_textured_mesh, optimise, save_corner_uvs, save_state
 
 STAGE2_STATE = "stage2.pt"  # engine/pipelines/generate.py's name for the refinement stage's state
 
@@ -89,38 +89,33 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
         cancel.check()
 
     # 3. Optimisation: Eq. 11, the refinement's regulariser, and the pull back towards the source.
-    reporter.stage("optimising")
-    with context.timed("optimise_s"):
-        loss_value = 0.0
-        for step in range(config.steps):
-            cancel.check()
-            cameras = sample_cameras(cameras_config, 1, generator).to(device)
-            lighting = sample_lighting(cameras, generator) if config.lighting else None
-            background = sample_backgrounds(1, generator, device)
-            view, albedo = mesh.render(cameras, config.render_size)
-            rgb = shade(albedo, view.normal, view.mask, lighting, background)
-            x = prior.images_to_model_input(rgb.permute(0, 3, 1, 2))
-            loss = score_distillation_loss(prior, x, embeddings, config.guidance, step, generator).loss
-            loss = loss + normal_weight * mesh.normal_consistency()
-            if laplacian_weight:
-                loss = loss + laplacian_weight * mesh.laplacian()
-            if config.preserve_weight > 0:
-                with torch.no_grad():
-                    source_view, source_albedo = source_mesh.render(cameras, config.render_size)
-                    reference = shade(source_albedo, source_view.normal, source_view.mask, lighting, background)
-                loss = loss + config.preserve_weight * preservation_loss(rgb, reference)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_value = float(loss.detach())
-            if not np.isfinite(loss_value):
-                raise EngineError(f"The optimisation diverged (the loss became {loss_value} at step {step + 1}).",
-                                  "Try a lower --lr or another --seed.")
-            reporter.step(step + 1, config.steps, loss_value, every=max(1, config.steps // 100))
-            if config.preview_every and (step + 1) % config.preview_every == 0 and step + 1 < config.steps:
-                from .generate import render_mesh_preview, write_preview
+    def edit_step(step: int) -> torch.Tensor:
+        cameras = sample_cameras(cameras_config, 1, generator).to(device)
+        lighting = sample_lighting(cameras, generator) if config.lighting else None
+        background = sample_backgrounds(1, generator, device)
+        view, albedo = mesh.render(cameras, config.render_size)
+        rgb = shade(albedo, view.normal, view.mask, lighting, background)
+        x = prior.images_to_model_input(rgb.permute(0, 3, 1, 2))
+        loss = score_distillation_loss(prior, x, embeddings, config.guidance, step, generator).loss
+        loss = loss + normal_weight * mesh.normal_consistency()
+        if laplacian_weight:
+            loss = loss + laplacian_weight * mesh.laplacian()
+        if config.preserve_weight > 0:
+            with torch.no_grad():
+                source_view, source_albedo = source_mesh.render(cameras, config.render_size)
+                reference = shade(source_albedo, source_view.normal, source_view.mask, lighting, background)
+            loss = loss + config.preserve_weight * preservation_loss(rgb, reference)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
 
-                write_preview(context, render_mesh_preview(mesh, device), step + 1)
+    def preview(step: int) -> None:
+        from .generate import render_mesh_preview, write_preview
+
+        write_preview(context, render_mesh_preview(mesh, device), step)
+
+    loss_value = optimise(edit_step, config.steps, config.preview_every, context, preview)
 
     # 4. Bake into the kept UV layout and export.
     reporter.stage("baking")

@@ -13,6 +13,7 @@ Read top to bottom, this is the whole job (paper section 5.3):
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,30 +127,33 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
             reporter.emit("warning", message=warning)
 
     # 4. Optimisation.
-    reporter.stage("optimising")
+    loss_value = optimise(texture_step, config.steps, config.preview_every, context,
+                          lambda step: write_preview(field, mesh, views, out, step, device, context))
+
+    # 5. Bake and export.
+    outputs, coverage = bake_and_export(field, mesh, config, context)
+    reporter.emit("summary", coverage=round(coverage, 4), final_loss=loss_value, unwrapped=mesh.unwrapped)
+    return outputs
+
+
+def optimise(step_fn: Callable[[int], torch.Tensor | float], steps: int, preview_every: int, context: JobContext,
+             preview: Callable[[int], None]) -> float:
+    """The loop the texture and edit jobs share: `step_fn(step)` (0-based) takes one optimiser step
+    and returns its loss; a cancel check before each, a step event after each (about 100 in all)
+    and `preview(done)` every `preview_every` steps (0: never) but the last. Returns the last loss."""
+    context.reporter.stage("optimising")
     with context.timed("optimise_s"):
         loss_value = 0.0
-        for step in range(config.steps):
-            cancel.check()
-            loss_value = float(texture_step(step))
+        for step in range(steps):
+            context.cancel.check()
+            loss_value = float(step_fn(step))
             if not np.isfinite(loss_value):
                 raise EngineError(f"The optimisation diverged (the loss became {loss_value} at step {step + 1}).",
                                   "Try a lower --lr or another --seed.")
-            reporter.step(step + 1, config.steps, loss_value, every=max(1, config.steps // 100))
-            if config.preview_every and (step + 1) % config.preview_every == 0 and step + 1 < config.steps:
-                write_preview(field, mesh, views, out, step + 1, device, context)
-
-    # 5. Bake and export.
-    reporter.stage("baking")
-    with context.timed("bake_s"):
-        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, device)
-    reporter.stage("exporting")
-    with context.timed("export_s"), cancel.critical():
-        outputs = export_textured_mesh(out, mesh, baked.image)
-        outputs["state"] = save_state(out, field, config, mesh)
-    reporter.emit("summary", coverage=round(float(baked.coverage), 4), final_loss=loss_value,
-                  unwrapped=mesh.unwrapped)
-    return outputs
+            context.reporter.step(step + 1, steps, loss_value, every=max(1, steps // 100))
+            if preview_every and (step + 1) % preview_every == 0 and step + 1 < steps:
+                preview(step + 1)
+    return loss_value
 
 
 def write_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, out: Path, step: int,
@@ -165,6 +169,20 @@ def write_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, out:
     atomic_save_image(out / texture_name, texture)
     atomic_save_image(out / view_name, (render.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
     context.reporter.emit("preview", step=step, path=texture_name, view=view_name)
+
+
+def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
+                    context: JobContext) -> tuple[dict[str, str], float]:
+    """The texture and edit jobs' last stages: bake the field into the mesh's UV layout, export it
+    and save the state. Returns the outputs and the bake's UV coverage."""
+    context.reporter.stage("baking")
+    with context.timed("bake_s"):
+        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device)
+    context.reporter.stage("exporting")
+    with context.timed("export_s"), context.cancel.critical():
+        outputs = export_textured_mesh(context.output_dir, mesh, baked.image)
+        outputs["state"] = save_state(context.output_dir, field, config, mesh)
+    return outputs, float(baked.coverage)
 
 
 def export_textured_mesh(out: Path, mesh: PreparedMesh, texture: np.ndarray) -> dict[str, str]:
