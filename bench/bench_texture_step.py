@@ -81,13 +81,15 @@ VARIANTS = {
     "no-triton-group-norm": {"triton_group_norm": False},  # PyTorch's GroupNorm
     "no-math-vae-attention": {"vae_math_attention": False},  # SDPA's own kernel choice in the VAE
     "none": {"triton": False, "shuffle_points": False, "overlap_controlnets": False, "share_condition": False,
-             "triton_group_norm": False, "vae_math_attention": False, "channels_last": False},  # the graph alone
+             "triton_group_norm": False, "vae_math_attention": False, "channels_last": False,
+             "fused_elementwise": False},  # the graph alone
     "float-atomics": {"float_atomics": True},  # hash-grid backward by float32 atomics (not deterministic)
     "cudnn-benchmark": {"cudnn_benchmark": True},
     "no-channels-last": {"channels_last": False},  # the networks NCHW (cuDNN converts around each conv)
+    "no-fused-elementwise": {"fused_elementwise": False},  # PyTorch's bias adds and GEGLU
 }
 OPTION_NAMES = ("share_condition", "overlap_controlnets", "triton_group_norm", "vae_math_attention",
-                "shuffle_points", "channels_last")
+                "shuffle_points", "channels_last", "fused_elementwise")
 
 # --smoke: the same code paths with toy widths, on the CPU.
 SMOKE_UNET = dict(SD15_UNET, sample_size=8, layers_per_block=1, block_out_channels=(32, 32, 64, 64),

@@ -40,6 +40,7 @@ from ..guidance.score_distillation import (score_distillation_loss, sample_times
                                            surrogate_loss, weight_gradient)
 from ..prior.base import ControlImages, DiffusionPrior
 from ..prior.channels_last import nhwc_transformer_outputs, set_memory_format
+from ..prior.elementwise_triton import fused_elementwise
 from ..prior.group_norm_triton import triton_available, triton_group_norms
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer
@@ -184,6 +185,8 @@ class FastStepOptions:
                          the hash grid's backward rarely add into the same coarse-level row at once
     channels_last        (CUDA, with triton_group_norm) the prior's networks run NHWC end to end: cuDNN
                          computes convolutions in NHWC, so NCHW tensors are converted around every one
+    fused_elementwise    (CUDA) convolution biases (on NHWC outputs) and GEGLU each in one vectorised
+                         Triton kernel instead of PyTorch's strided ones (prior/elementwise_triton.py)
     """
 
     share_condition: bool = True
@@ -192,6 +195,7 @@ class FastStepOptions:
     vae_math_attention: bool = True
     shuffle_points: bool = True
     channels_last: bool = True
+    fused_elementwise: bool = True
 
 
 class _PackedView:
@@ -301,6 +305,8 @@ class StaticTextureStep:
                 stack.enter_context(triton_group_norms(*prior_modules(self.prior)))
             if self.channels_last:
                 stack.enter_context(nhwc_transformer_outputs(*prior_modules(self.prior)))
+            if self.options.fused_elementwise and self.device.type == "cuda":
+                stack.enter_context(fused_elementwise(*prior_modules(self.prior)))
             return self._loss()
 
     def _loss(self) -> Tensor:

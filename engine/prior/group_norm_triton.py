@@ -156,8 +156,8 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(variance + eps)
         tl.store(stats_ptr + (sample * groups + group) * 2, group_mean)
         tl.store(stats_ptr + (sample * groups + group) * 2 + 1, rstd)
-        gamma = tl.load(gamma_ptr + cols, mask=col_valid, other=0.0)
-        beta = tl.load(beta_ptr + cols, mask=col_valid, other=0.0)
+        gamma = tl.load(gamma_ptr + cols, mask=col_valid, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + cols, mask=col_valid, other=0.0).to(tl.float32)
         a = rstd * gamma
         tl.store(a_ptr + sample * channels + cols, a, mask=col_valid)
         tl.store(b_ptr + sample * channels + cols, beta - a * group_mean, mask=col_valid)
@@ -172,7 +172,7 @@ if triton is not None:
         stats = stats_ptr + (sample * (channels // group_size) + cols // group_size) * 2
         mean = tl.load(stats, mask=col_valid, other=0.0)
         rstd = tl.load(stats + 1, mask=col_valid, other=0.0)
-        gamma = tl.load(gamma_ptr + cols, mask=col_valid, other=0.0)
+        gamma = tl.load(gamma_ptr + cols, mask=col_valid, other=0.0).to(tl.float32)
         start = part * chunk_rows
         end = tl.minimum(start + chunk_rows, spatial)
         offset = sample.to(tl.int64) * spatial * channels
@@ -234,8 +234,8 @@ if triton is not None:
         mean_g = tl.load(means_ptr + row, mask=valid, other=0.0)
         mean_gx = tl.load(means_ptr + row + 1, mask=valid, other=0.0)
         x_hat = (tl.load(x_ptr + index, mask=valid, other=0.0).to(tl.float32) - mean) * rstd
-        g = tl.load(grad_ptr + index, mask=valid, other=0.0).to(tl.float32) * tl.load(gamma_ptr + channel,
-                                                                                       mask=valid, other=0.0)
+        gamma = tl.load(gamma_ptr + channel, mask=valid, other=0.0).to(tl.float32)
+        g = tl.load(grad_ptr + index, mask=valid, other=0.0).to(tl.float32) * gamma
         tl.store(y_ptr + index, (rstd * (g - mean_g - x_hat * mean_gx)).to(y_ptr.dtype.element_ty), mask=valid)
 
 
@@ -273,8 +273,10 @@ class _TritonGroupNormNHWC(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float) -> Tensor:
         n, c = x.shape[:2]
-        gamma = weight.float().contiguous() if weight is not None else torch.ones(c, device=x.device)
-        beta = bias.float().contiguous() if bias is not None else torch.zeros(c, device=x.device)
+        # The affine parameters are read in their own dtype: a float32 copy per call would be two more
+        # kernels per layer.
+        gamma = weight.contiguous() if weight is not None else torch.ones(c, device=x.device)
+        beta = bias.contiguous() if bias is not None else torch.zeros(c, device=x.device)
         stats, a, b = nhwc_group_norm_parameters(x, groups, gamma, beta, eps)
         y = torch.empty_like(x)
         _nhwc_affine_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, a, b, x.numel(), x.numel() // n, c,
