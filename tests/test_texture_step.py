@@ -167,6 +167,12 @@ def test_graphed_step_matches_eager_on_cuda(latent_model, half_precision, monkey
     for a, e in zip(graphed_job.parameters(), initial):
         assert torch.equal(a, e)
     eager = EagerTextureStep(*eager_job.args)
+    if half_precision:  # the float32 gradient of the first step, to judge both half-precision ones by
+        reference_config = job_config(sd, controlnets, render_size=64)
+        reference_config.prior.half_precision = False
+        reference_job = Job(reference_config, device)
+        EagerTextureStep(*reference_job.args)(0)
+        reference = gradients(reference_job.field)
     eager_losses, graphed_losses = [], []
     for index in range(STEPS):
         eager_losses.append(float(eager(index)))
@@ -174,7 +180,15 @@ def test_graphed_step_matches_eager_on_cuda(latent_model, half_precision, monkey
         if index == 0:  # the same gradient from the same parameters (later, Adam's sign-like first
             # steps turn rounding noise in near-zero gradients into whole learning-rate steps)
             difference = relative_difference(gradients(graphed_job.field), gradients(eager_job.field))
-            assert difference < (2e-2 if half_precision else 1e-4), difference
+            if half_precision:
+                # The classifier score is a difference of two noise predictions, so half-precision
+                # rounding shows up relatively large in it: the graphed step (other kernels, other
+                # roundings) must be about as close to the float32 gradient as the eager step is.
+                graphed_error = relative_difference(gradients(graphed_job.field), reference)
+                eager_error = relative_difference(gradients(eager_job.field), reference)
+                assert graphed_error < 1.5 * eager_error + 1e-3, (graphed_error, eager_error, difference)
+            else:
+                assert difference < 1e-4, difference
     tolerance = 2e-2 if half_precision else 1e-3
     torch.testing.assert_close(torch.tensor(graphed_losses), torch.tensor(eager_losses), rtol=tolerance, atol=1e-6)
     difference = relative_difference(updates(graphed_job.parameters_list(), 1),
