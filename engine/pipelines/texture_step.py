@@ -42,6 +42,7 @@ from ..prior.base import ControlImages, DiffusionPrior
 from ..prior.channels_last import nhwc_transformer_outputs, set_memory_format
 from ..prior.elementwise_triton import fused_elementwise
 from ..prior.group_norm_triton import triton_available, triton_group_norms
+from ..prior.patching import replaced_methods
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import Lighting, sample_backgrounds, sample_lighting, shade
@@ -94,18 +95,11 @@ def shared_controlnet_condition(prior: DiffusionPrior) -> Iterator[None]:
     """
     modules = [net.controlnet_cond_embedding for net in getattr(prior, "controlnets", {}).values()
                if hasattr(net, "controlnet_cond_embedding")]
-    previous = [module.__dict__.get("forward") for module in modules]
-    for module in modules:
-        def embed_first(condition: Tensor, embed=module.forward) -> Tensor:
-            return embed(condition[:1]).expand(condition.shape[0], *([-1] * (condition.dim() - 1)))
-        module.forward = embed_first
-    try:
+
+    def embed_first(embed):
+        return lambda condition: embed(condition[:1]).expand(condition.shape[0], *([-1] * (condition.dim() - 1)))
+    with replaced_methods((module, "forward", embed_first(module.forward)) for module in modules):
         yield
-    finally:
-        for module, forward in zip(modules, previous):
-            del module.forward
-            if forward is not None:
-                module.forward = forward
 
 
 @contextmanager
@@ -122,7 +116,7 @@ def concurrent_controlnets(prior: DiffusionPrior, streams: list | None = None) -
         yield
         return
     streams = streams or [torch.cuda.Stream(prior.device) for _ in nets]
-    previous = [net.__dict__.get("forward") for net in nets]
+    replacements = []
     for position, (net, stream) in enumerate(zip(nets, streams)):
         def forward_on_stream(*args, run=net.forward, stream=stream, last=position == len(nets) - 1, **kwargs):
             main = torch.cuda.current_stream(prior.device)
@@ -133,14 +127,9 @@ def concurrent_controlnets(prior: DiffusionPrior, streams: list | None = None) -
                 for other in streams:
                     main.wait_stream(other)
             return result
-        net.forward = forward_on_stream
-    try:
+        replacements.append((net, "forward", forward_on_stream))
+    with replaced_methods(replacements):
         yield
-    finally:
-        for net, forward in zip(nets, previous):
-            del net.forward
-            if forward is not None:
-                net.forward = forward
 
 
 class EagerTextureStep:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from .patching import replaced_methods
+
 
 def set_memory_format(modules: list[torch.nn.Module], channels_last: bool) -> None:
     """Lay out the 4-D weights NHWC (or back to NCHW); a convolution with NHWC weights gives NHWC outputs."""
@@ -25,10 +27,8 @@ def set_memory_format(modules: list[torch.nn.Module], channels_last: bool) -> No
 
 
 def _transformer_blocks(modules: tuple[torch.nn.Module, ...]) -> list[torch.nn.Module]:
-    try:
-        from diffusers.models.transformers.transformer_2d import Transformer2DModel
-    except ImportError:  # pragma: no cover - diffusers is a requirement; tiny test networks may lack the class
-        return []
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
     return [m for module in modules if module is not None for m in module.modules()
             if isinstance(m, Transformer2DModel) and getattr(m, "is_input_continuous", False)]
 
@@ -37,21 +37,15 @@ def _transformer_blocks(modules: tuple[torch.nn.Module, ...]) -> list[torch.nn.M
 def nhwc_transformer_outputs(*modules: torch.nn.Module) -> Iterator[None]:
     """While active, Transformer2DModel blocks inside `modules` return their output in the layout the
     (batch, height * width, channels) tokens already have, NHWC, instead of copying it into NCHW."""
-    blocks = _transformer_blocks(modules)
-    previous = [block.__dict__.get("_get_output_for_continuous_inputs") for block in blocks]
-    for block in blocks:
-        def output(hidden_states: Tensor, residual: Tensor, batch_size: int, height: int, width: int,
-                   inner_dim: int, block=block) -> Tensor:
+    def output(block: torch.nn.Module):
+        def nhwc_output(hidden_states: Tensor, residual: Tensor, batch_size: int, height: int, width: int,
+                        inner_dim: int) -> Tensor:
             if block.use_linear_projection:
                 hidden_states = block.proj_out(hidden_states).reshape(batch_size, height, width, inner_dim)
                 return hidden_states.permute(0, 3, 1, 2) + residual
             tokens = hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
             return block.proj_out(tokens) + residual
-        block._get_output_for_continuous_inputs = output
-    try:
+        return nhwc_output
+    with replaced_methods((block, "_get_output_for_continuous_inputs", output(block))
+                          for block in _transformer_blocks(modules)):
         yield
-    finally:
-        for block, method in zip(blocks, previous):
-            del block._get_output_for_continuous_inputs
-            if method is not None:
-                block._get_output_for_continuous_inputs = method

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .patching import replaced_methods
+
 try:
     import triton
     import triton.language as tl
@@ -95,7 +97,7 @@ def fused_elementwise(*modules: torch.nn.Module) -> Iterator[None]:
         return
     from diffusers.models.activations import GEGLU
 
-    patched = []
+    replacements = []
     for module in (m for root in modules if root is not None for m in root.modules()):
         if isinstance(module, torch.nn.Conv2d) and module.bias is not None and module.padding_mode == "zeros":
             def conv_forward(x: Tensor, conv=module, original=module.forward) -> Tensor:
@@ -103,8 +105,7 @@ def fused_elementwise(*modules: torch.nn.Module) -> Iterator[None]:
                     return original(x)
                 y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
                 return add_channel_bias(y, conv.bias) if _nhwc(y) else y + conv.bias.view(1, -1, 1, 1)
-            patched.append((module, module.__dict__.get("forward")))
-            module.forward = conv_forward
+            replacements.append((module, "forward", conv_forward))
         elif isinstance(module, GEGLU):
             def geglu_forward(hidden_states: Tensor, *args, layer=module, original=module.forward, **kwargs) -> Tensor:
                 if args or kwargs:
@@ -115,12 +116,6 @@ def fused_elementwise(*modules: torch.nn.Module) -> Iterator[None]:
                     hidden, gate = projection.chunk(2, dim=-1)
                     return hidden * layer.gelu(gate)
                 return geglu(projection)
-            patched.append((module, module.__dict__.get("forward")))
-            module.forward = geglu_forward
-    try:
+            replacements.append((module, "forward", geglu_forward))
+    with replaced_methods(replacements):
         yield
-    finally:
-        for module, forward in patched:
-            del module.forward
-            if forward is not None:
-                module.forward = forward

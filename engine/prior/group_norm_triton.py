@@ -29,6 +29,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from .patching import replaced_methods
+
 try:
     import triton
     import triton.language as tl
@@ -389,17 +391,10 @@ def triton_group_norms(*modules: torch.nn.Module) -> Iterator[None]:
     """While active, every nn.GroupNorm inside `modules` normalises CUDA tensors with the kernels above."""
     norms = [m for module in modules if module is not None for m in module.modules()
              if isinstance(m, torch.nn.GroupNorm)] if triton is not None else []
-    previous = [norm.__dict__.get("forward") for norm in norms]
-    for norm in norms:
-        def forward(x: Tensor, norm=norm, original=norm.forward) -> Tensor:
-            if _usable(x, norm):
-                return group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-            return original(x)
-        norm.forward = forward
-    try:
+
+    def forward(norm: torch.nn.GroupNorm):
+        original = norm.forward
+        return lambda x: (group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps) if _usable(x, norm)
+                          else original(x))
+    with replaced_methods((norm, "forward", forward(norm)) for norm in norms):
         yield
-    finally:
-        for norm, forward in zip(norms, previous):
-            del norm.forward
-            if forward is not None:
-                norm.forward = forward
