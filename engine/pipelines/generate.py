@@ -7,11 +7,15 @@ Read top to bottom, this is the whole job (paper sections 5.1, 5.2, A.4; Magic3D
      sparsity losses, geometry-only renders in the second half;
   2. the density's isosurface as a clean mesh (floaters removed, decimated), placed on the
      ground at the origin, facing -Y, about 1 m, and mapped into the unit box;
-  3. stage 2, the mesh refined: vertex offsets and a surface albedo field, rasterised at
+  3. stage 2, the mesh refined: vertex offsets and a surface albedo field (first fitted to the
+     colours the NeRF shows, as the released code inherits stage 1's field), rasterised at
      512 for a latent prior (Stable Diffusion 2.1 base style), CSD with the negative weight
      annealed from 1 to 0.5, normal consistency, geometry-only renders half of the time;
   4. export as the texture job does: UV unwrap, bake with seam padding, GLB and OBJ, the
      preview sheet, and the states of both stages (for resuming and editing).
+
+With the bundled prior, each stage it guides uses the preset in generate_config.py instead of
+the paper's settings (they are made for DeepFloyd IF and Stable Diffusion).
 
 Each stage saves its state every `checkpoint_every` steps, at its end, and when cancelled;
 `resume` picks up where the saved states stop.
