@@ -128,7 +128,7 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
         return dict(outputs)
 
     # 3. Stage 2: refine the mesh, its albedo field starting from the NeRF's colours.
-    start_colours = nerf_surface_colours(nerf, unit, placement, normalization, config.seed) if unit is not None else None
+    start_colours = None if unit is None else nerf_surface_colours(nerf, unit, placement, normalization, config.seed)
     nerf = None  # frees the NeRF before stage 2 loads its prior
     with context.timed("stage2_s"):
         refined = refine_mesh(config, context, unit, placement, normalization, stage2_done,

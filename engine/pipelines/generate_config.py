@@ -288,9 +288,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         "(DeepFloyd IF stage I style folder or hub id, or 'bundled')")
     parser.add_argument("--stage2-model", default=None, help="prior of the refinement stage "
                         "(Stable Diffusion 2.1 base style, or 'bundled')")
-    parser.add_argument("--steps1", type=int, default=None, help=f"NeRF steps (default {NERF_STAGE_STEPS}; bundled prior: 300)")
-    parser.add_argument("--steps2", type=int, default=None, help=f"refinement steps (default {REFINE_STAGE_STEPS}; bundled prior: 100)")
-    parser.add_argument("--render-size1", type=int, default=None, help="NeRF render size (default 64; bundled prior: 32)")
+    parser.add_argument("--steps1", type=int, default=None,
+                        help=f"NeRF steps (default {NERF_STAGE_STEPS}; bundled prior: 300)")
+    parser.add_argument("--steps2", type=int, default=None,
+                        help=f"refinement steps (default {REFINE_STAGE_STEPS}; bundled prior: 100)")
+    parser.add_argument("--render-size1", type=int, default=None,
+                        help="NeRF render size (default 64; bundled prior: 32)")
     parser.add_argument("--render-size2", type=int, default=None, help="refinement render size (default 512)")
     parser.add_argument("--stages", choices=("all", "1", "2"), default=None,
                         help="run both stages (default), only the NeRF, or only the refinement")
