@@ -38,8 +38,10 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 #   - cameras, lighting and background as in the prior's training renders (world.json): it knows
 #     objects only as framed, lit and set on solid colours there;
 #   - no geometry-only renders: grey shaded objects are "gray" objects in its world;
-#   - w2 = 0.5 throughout: the default negative prompt at w2 -> 1 rounds every shape into a ball,
+#   - in stage 1, w2 = 0.5 throughout: the default negative prompt at w2 -> 1 rounds every shape into a ball,
 #     w2 = 0 (pure Eq. 7) exaggerates a cube into a spiky star, 0.3 into a box with hollow sides;
+#     in stage 2, which here mostly paints, w2 = 0: at 0.5 "oversaturated color" darkens red
+#     towards brown (paper 5.3 also lowers w2 to keep the prompt's colours);
 #   - renders at the prior's 32 px, 6 hash-grid levels (finest ~80 cells: smooth at 32 px, and
 #     cheap on a CPU), learning rate 1e-2 so 300 steps suffice;
 #   - the isosurface at density 2.5: a 300-step NeRF's densities peak near 15, so 10 is its core.
@@ -54,7 +56,7 @@ BUNDLED_PRESET_STAGE1 = {
 BUNDLED_PRESET_EXTRACT = {"threshold": 2.5, "resolution": 128, "target_triangles": 10_000}
 BUNDLED_PRESET_STAGE2 = {
     "steps": 100, "start_fit_steps": 100, "lighting_prob": 0.85, "geometry_render_prob": 0.0,
-    "guidance": {"w2_start": 0.5, "w2_end": 0.5},
+    "guidance": {"w2_start": 0.0, "w2_end": 0.0},
     "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
     "hash_grid": {"log2_table_size": 15},
 }
