@@ -240,6 +240,23 @@ def test_bad_settings_end_in_bad_input(tiny_prior, tmp_path):
         config.validate()
 
 
+def test_bundled_preset_fills_only_settings_left_at_paper_defaults():
+    config = GenerateJobConfig(prompt="a blue cube", out="x")  # both stages bundled by default
+    config.stage1.steps, config.stage1.cameras.fovy_deg = 50, (30.0, 40.0)
+    config.resolve_defaults()
+    assert config.stage1.steps == 50 and config.stage1.cameras.fovy_deg == (30.0, 40.0)  # given: kept
+    assert config.stage1.render_size == 32 and config.stage1.cameras.distance == (2.5, 3.3)
+    assert (config.stage1.guidance.w2_start, config.stage2.guidance.w2_end) == (0.5, 0.0)
+    assert config.extract.threshold == 2.5 and config.stage2.steps == 100
+
+    def real_model(config: GenerateJobConfig) -> GenerateJobConfig:
+        config.stage1.prior.model, config.stage2.prior.model = "DeepFloyd/IF-I-XL-v1.0", "stabilityai/sd-2-1-base"
+        return config
+
+    assert to_dict(real_model(GenerateJobConfig(prompt="a corgi", out="x")).resolve_defaults()) == \
+        to_dict(real_model(GenerateJobConfig(prompt="a corgi", out="x")))
+
+
 def test_perp_neg_auto_skips_prompts_without_a_front():
     assert not GenerateJobConfig(prompt="a red sphere", out="x").use_perp_neg()
     assert not GenerateJobConfig(prompt="two blue cubes", out="x").use_perp_neg()
