@@ -2,11 +2,6 @@ import os
 
 import pytest
 
-# Tests that take many CPU minutes (whole generate runs with the bundled prior) run only when
-# asked for, so the default suite stays within CI's budget: CSD_SLOW_TESTS=1 bash scripts/test.sh
-slow = pytest.mark.skipif(os.environ.get("CSD_SLOW_TESTS", "0") != "1",
-                          reason="slow: set CSD_SLOW_TESTS=1 to run")
-
 # Nothing in the test suite may reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

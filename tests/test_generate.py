@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import slow
 import torch
 import trimesh
 
@@ -241,6 +240,23 @@ def test_bad_settings_end_in_bad_input(tiny_prior, tmp_path):
         config.validate()
 
 
+def test_bundled_preset_fills_only_settings_left_at_paper_defaults():
+    config = GenerateJobConfig(prompt="a blue cube", out="x")  # both stages bundled by default
+    config.stage1.steps, config.stage1.cameras.fovy_deg = 50, (30.0, 40.0)
+    config.resolve_defaults()
+    assert config.stage1.steps == 50 and config.stage1.cameras.fovy_deg == (30.0, 40.0)  # given: kept
+    assert config.stage1.render_size == 32 and config.stage1.cameras.distance == (2.5, 3.3)
+    assert (config.stage1.guidance.w2_start, config.stage2.guidance.w2_end) == (0.5, 0.0)
+    assert config.extract.threshold == 2.5 and config.stage2.steps == 100
+
+    def real_model(config: GenerateJobConfig) -> GenerateJobConfig:
+        config.stage1.prior.model, config.stage2.prior.model = "DeepFloyd/IF-I-XL-v1.0", "stabilityai/sd-2-1-base"
+        return config
+
+    assert to_dict(real_model(GenerateJobConfig(prompt="a corgi", out="x")).resolve_defaults()) == \
+        to_dict(real_model(GenerateJobConfig(prompt="a corgi", out="x")))
+
+
 def test_perp_neg_auto_skips_prompts_without_a_front():
     assert not GenerateJobConfig(prompt="a red sphere", out="x").use_perp_neg()
     assert not GenerateJobConfig(prompt="two blue cubes", out="x").use_perp_neg()
@@ -255,19 +271,9 @@ bundled = pytest.mark.skipif(not (BUNDLED_PRIOR_DIR / "model_index.json").is_fil
                              reason="the bundled prior is not in this checkout yet")
 
 
-def classify_shape(mesh: trimesh.Trimesh) -> tuple[str, float, float]:
-    """sphere / cube / other from sphericity (1 for a ball, 0.81 for a cube) and flatness: the share
-    of the area lying on big flat sides, i.e. whose normal agrees within 15 degrees with normals
-    covering at least 8% of the area (a ball's 15-degree cap is 1.7%; a cube's side 16.7%)."""
-    sphericity = np.pi ** (1 / 3) * (6 * abs(mesh.volume)) ** (2 / 3) / mesh.area
-    normals, areas = mesh.face_normals, mesh.area_faces / mesh.area
-    agreeing = ((normals @ normals.T) > np.cos(np.radians(15))).astype(np.float32) @ areas
-    flat = float(areas[agreeing > 0.08].sum())
-    if flat > 0.6:
-        return "cube", sphericity, flat
-    if sphericity > 0.9 and flat < 0.4:
-        return "sphere", sphericity, flat
-    return "other", sphericity, flat
+def sphericity(mesh: trimesh.Trimesh) -> float:
+    """1 for a ball, 0.81 for a cube."""
+    return float(np.pi ** (1 / 3) * (6 * abs(mesh.volume)) ** (2 / 3) / mesh.area)
 
 
 def nearest_colour(texture: np.ndarray) -> str:
@@ -277,22 +283,26 @@ def nearest_colour(texture: np.ndarray) -> str:
     return min(CHROMATIC, key=lambda name: float(np.sum((np.asarray(PALETTE[name]) - median) ** 2)))
 
 
-@slow
 @bundled
 @pytest.mark.parametrize("prompt, shape, colour", [("a red sphere", "sphere", "red"), ("a blue cube", "cube", "blue")])
 def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, tmp_path):
+    """The CLI's `generate --model bundled` settings (the preset in generate_config.py), with a
+    smaller mesh and texture; judged by engine.judge and the mesh's sphericity."""
     from PIL import Image
+
+    from engine.judge.results import judge_result
 
     config = GenerateJobConfig(prompt=prompt, out=str(tmp_path), device="cpu", texture_size=128, preview_every=0,
                                checkpoint_every=0)
-    config.stage1.steps, config.stage1.render_size, config.stage1.samples_per_ray = 400, 32, 96
-    config.stage1.batch_size_no_front, config.stage1.occupancy_resolution = 1, 32
-    config.stage2.steps = 40
     config.extract.resolution, config.extract.target_triangles = 64, 4000
     code, result = run_job(config)
     assert code == 0, result["error"]
-    mesh = trimesh.load(tmp_path / result["outputs"]["glb"], force="mesh")
-    found, sphericity, flat = classify_shape(mesh)
-    assert found == shape, (found, sphericity, flat)
+    assert (config.stage1.steps, config.stage1.render_size, config.stage2.steps) == (300, 32, 100)  # the preset
+    verdict = judge_result(tmp_path)
+    roundness = sphericity(trimesh.load(tmp_path / result["outputs"]["glb"], force="mesh"))
+    assert verdict["shape"] == shape, (verdict["probabilities"]["shape"], roundness)
+    # A ball measures >= 0.95 here; the cube's lumpy box about 0.83-0.89 (a clean cube: 0.81).
+    assert (roundness > 0.95) if shape == "sphere" else (roundness < 0.92), roundness
+    assert verdict["colour"] == colour, verdict["colour_fractions"]
     texture = np.asarray(Image.open(tmp_path / result["outputs"]["texture"]).convert("RGB"))
     assert nearest_colour(texture) == colour

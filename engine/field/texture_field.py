@@ -15,6 +15,8 @@ from ..config import HashGridConfig
 from .hashgrid import make_hash_grid
 
 ALBEDO_CHANNELS = 3
+FIT_BATCH = 1 << 14
+FIT_LEARNING_RATE = 1e-2
 
 
 class TextureField(torch.nn.Module):
@@ -52,6 +54,24 @@ def _linear(width_in: int, width_out: int, generator: torch.Generator) -> torch.
         layer.weight.uniform_(-bound, bound, generator=generator)
         layer.bias.uniform_(-bound, bound, generator=generator)
     return layer
+
+
+def fit_field(field: TextureField, points: Tensor, colours: Tensor, steps: int, generator: torch.Generator,
+              cancel=None) -> float:
+    """Regress the field to `colours` (N, 3) at surface `points` (N, 3), Adam on random batches.
+    Returns the RMSE on the last batch."""
+    optimizer = torch.optim.Adam(field.parameters(), lr=FIT_LEARNING_RATE, eps=1e-15)
+    mse = torch.zeros(())
+    for _ in range(steps):
+        if cancel is not None:
+            cancel.check()
+        batch = torch.randint(points.shape[0], (min(FIT_BATCH, points.shape[0]),), generator=generator)
+        batch = batch.to(points.device)
+        mse = torch.nn.functional.mse_loss(field(points[batch]), colours[batch])
+        optimizer.zero_grad(set_to_none=True)
+        mse.backward()
+        optimizer.step()
+    return float(mse.detach().sqrt())
 
 
 def query_in_chunks(field: TextureField, points: Tensor, chunk: int = 2 ** 18) -> Tensor:

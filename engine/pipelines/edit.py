@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import HashGridConfig, update_from_dict
-from ..errors import BadInputError
-from ..field.texture_field import TextureField
+from ..errors import BadInputError, EngineError
+from ..field.texture_field import TextureField, fit_field
 from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
 from ..job.runner import JobContext
@@ -54,8 +54,6 @@ SOURCE_HINT = ("Pass the output folder of a finished texture job (it holds state
 MESH_FILE_NAMES = ("mesh.glb", "mesh.gltf", "mesh.obj")
 # Fitting a field to a mesh file's texture: surface samples drawn once, a batch of them per step.
 FIT_SAMPLES = 1 << 18
-FIT_BATCH = 1 << 14
-FIT_LEARNING_RATE = 1e-2
 # Views over which the summary measures how far the edit moved from the source.
 SUMMARY_VIEWS = 8
 
@@ -258,22 +256,12 @@ def fit_field_to_texture(field: TextureField, mesh_unit: TriangleMesh, texture: 
     """Regress the field, at points spread over the surface by area, to the texture's colour
     there (looked up through the UVs, bilinearly). Returns the RMSE on the last batch."""
     points, uvs = sample_surface(mesh_unit, FIT_SAMPLES, generator)
-    colours = sample_texture(texture, uvs).to(device)
-    points = points.to(device)
-    optimizer = torch.optim.Adam(field.parameters(), lr=FIT_LEARNING_RATE, eps=1e-15)
-    mse = torch.zeros(())
-    for _ in range(steps):
-        cancel.check()
-        batch = torch.randint(points.shape[0], (FIT_BATCH,), generator=generator).to(device)
-        mse = F.mse_loss(field(points[batch]), colours[batch])
-        optimizer.zero_grad(set_to_none=True)
-        mse.backward()
-        optimizer.step()
-    return float(mse.detach().sqrt())
+    return fit_field(field, points.to(device), sample_texture(texture, uvs).to(device), steps, generator, cancel)
 
 
-def sample_surface(mesh: TriangleMesh, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` points uniform over the surface by area: positions (N, 3) and UVs (N, 2)."""
+def sample_surface(mesh: TriangleMesh, count: int, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`count` points uniform over the surface by area: positions (N, 3) and UVs (N, 2) (None without UVs)."""
     positions = torch.as_tensor(mesh.positions, dtype=torch.float64)
     triangles = torch.as_tensor(mesh.triangles, dtype=torch.long)
     corners = positions[triangles]  # (F, 3, 3)
@@ -283,6 +271,8 @@ def sample_surface(mesh: TriangleMesh, count: int, generator: torch.Generator) -
     root = u.sqrt()  # uniform barycentrics: (1 - sqrt(u), sqrt(u)(1 - v), sqrt(u) v)
     weights = torch.stack([1.0 - root, root * (1.0 - v), root * v], dim=-1)[:, :, None]
     points = (corners[face] * weights).sum(dim=1)
+    if mesh.corner_uvs is None:
+        return points.float(), None
     uvs = (torch.as_tensor(mesh.corner_uvs, dtype=torch.float64)[face] * weights).sum(dim=1)
     return points.float(), uvs.float()
 

@@ -7,11 +7,15 @@ Read top to bottom, this is the whole job (paper sections 5.1, 5.2, A.4; Magic3D
      sparsity losses, geometry-only renders in the second half;
   2. the density's isosurface as a clean mesh (floaters removed, decimated), placed on the
      ground at the origin, facing -Y, about 1 m, and mapped into the unit box;
-  3. stage 2, the mesh refined: vertex offsets and a surface albedo field, rasterised at
+  3. stage 2, the mesh refined: vertex offsets and a surface albedo field (first fitted to the
+     colours the NeRF shows, as the released code inherits stage 1's field), rasterised at
      512 for a latent prior (Stable Diffusion 2.1 base style), CSD with the negative weight
      annealed from 1 to 0.5, normal consistency, geometry-only renders half of the time;
   4. export as the texture job does: UV unwrap, bake with seam padding, GLB and OBJ, the
      preview sheet, and the states of both stages (for resuming and editing).
+
+With the bundled prior, each stage it guides uses the preset in generate_config.py instead of
+the paper's settings (they are made for DeepFloyd IF and Stable Diffusion).
 
 Each stage saves its state every `checkpoint_every` steps, at its end, and when cancelled;
 `resume` picks up where the saved states stop.
@@ -30,6 +34,7 @@ import torch
 from ..bake.bake import bake_texture
 from ..config import HashGridConfig, to_dict, update_from_dict
 from ..errors import BadInputError, Cancelled, EngineError
+from ..field.texture_field import fit_field
 from ..files import atomic_save_image, atomic_write, atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
 from ..job.runner import JobContext
@@ -41,7 +46,8 @@ from ..nerf.field import NerfField
 from ..nerf.losses import ramp, sparsity_loss
 from ..nerf.occupancy import OccupancyGrid
 from ..nerf.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings)
-from ..nerf.renderer import GEOMETRY_ALBEDO, NerfModel, render_nerf, shade_albedo, shade_geometry
+from ..nerf.renderer import (GEOMETRY_ALBEDO, RAY_CHUNK, NerfModel, render_nerf, render_rays, shade_albedo,
+                             shade_geometry)
 from ..nerf.surface import RefinableMesh
 from ..prior.base import DiffusionPrior
 from ..prior.graphed import use_cuda_graphs
@@ -49,6 +55,7 @@ from ..prior.load import load_prior
 from ..render.cameras import Cameras, orbit_cameras, sample_cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import sample_backgrounds, sample_lighting, shade
+from .edit import sample_surface
 from .generate_config import GenerateJobConfig, NerfStageConfig, RefineStageConfig, save_config
 from .texture import PreparedMesh, export_textured_mesh
 
@@ -56,6 +63,9 @@ STAGE1_STATE = "stage1.pt"
 STAGE2_STATE = "stage2.pt"
 STATE_VERSION = 1
 PREVIEW_SIZE = 128
+SURFACE_COLOUR_SAMPLES = 1 << 16
+SURFACE_LOOK_BACK = 0.25  # where the colour rays start outside the surface, as a share of the NeRF's bound
+SURFACE_NORMAL_EPS = 0.01
 
 
 @dataclass
@@ -113,16 +123,17 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
         def albedo(points: torch.Tensor) -> torch.Tensor:
             world_points = normalization.from_unit(points.cpu().numpy())
             nerf_points = torch.from_numpy(placement.invert(world_points)).to(device)
-            return nerf.field.albedo(nerf_points)
+            return nerf_seen_albedo(nerf, nerf_points)
 
         outputs.update(export_asset(out, unit, normalization, albedo, config, context))
         return dict(outputs)
 
-    # 3. Stage 2: refine the mesh.
+    # 3. Stage 2: refine the mesh, its albedo field starting from the NeRF's colours.
+    start_colours = None if unit is None else nerf_surface_colours(nerf, unit, placement, normalization, config.seed)
     nerf = None  # frees the NeRF before stage 2 loads its prior
     with context.timed("stage2_s"):
         refined = refine_mesh(config, context, unit, placement, normalization, stage2_done,
-                              Progress(config.stage1.steps if run_stage1 else 0, total))
+                              Progress(config.stage1.steps if run_stage1 else 0, total), start_colours)
     outputs["state_stage2"] = STAGE2_STATE
 
     # 4. Export, back on the ground: refinement may have moved the lowest vertices.
@@ -298,8 +309,36 @@ def extract_placed_mesh(nerf: NerfModel, config: GenerateJobConfig, device: torc
 # Stage 2: mesh refinement
 # ------------------------------------------------------------------------------------------------
 
+def nerf_seen_albedo(nerf: NerfModel, points: torch.Tensor) -> torch.Tensor:
+    """The colour the NeRF shows at surface points (NeRF frame): its albedo composited along a short
+    ray coming in from outside along the normal. The albedo at the isosurface itself is not what
+    the cameras saw: the soft shell outside it carried the colour."""
+    colours = []
+    with torch.no_grad():
+        for start in range(0, points.shape[0], RAY_CHUNK):
+            chunk = points[start:start + RAY_CHUNK]
+            normals = nerf.field.normals(chunk, SURFACE_NORMAL_EPS)
+            origins = chunk + SURFACE_LOOK_BACK * nerf.bound * normals
+            albedo, opacity, *_ = render_rays(nerf, origins, -normals, None, False, SURFACE_NORMAL_EPS)
+            seen = albedo / opacity.clamp_min(1e-6)
+            colours.append(torch.where(opacity > 0.5, seen, nerf.field.albedo(chunk)).clamp(0.0, 1.0).float())
+    return torch.cat(colours) if colours else points.new_zeros(0, 3)
+
+
+def nerf_surface_colours(nerf: NerfModel, unit: TriangleMesh, placement: Placement, normalization: Normalization,
+                         seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points spread over the unit-box mesh by area, and the NeRF's seen colour there."""
+    points, _ = sample_surface(unit, SURFACE_COLOUR_SAMPLES, torch.Generator().manual_seed(seed + 2))
+    device = next(nerf.parameters()).device
+    nerf_points = torch.from_numpy(placement.invert(normalization.from_unit(points.numpy()))).to(device)
+    return points.to(device), nerf_seen_albedo(nerf, nerf_points)
+
+
 def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMesh | None, placement: Placement,
-                normalization: Normalization, resume_state: dict | None, progress: Progress) -> RefinableMesh:
+                normalization: Normalization, resume_state: dict | None, progress: Progress,
+                start_colours: tuple[torch.Tensor, torch.Tensor] | None = None) -> RefinableMesh:
+    """start_colours: surface points and colours the albedo field is fitted to first (the released
+    code inherits stage 1's field; a fresh one starts grey, and a short stage 2 never recovers)."""
     stage, device, reporter, cancel = config.stage2, context.device, context.reporter, context.cancel
     generator = torch.Generator().manual_seed(config.seed + 1)
     guidance = stage.effective_guidance()
@@ -314,6 +353,9 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
             buffers = resume_state["model"]
             unit = TriangleMesh(buffers["base"].cpu().numpy(), buffers["triangles"].cpu().numpy())
         mesh = RefinableMesh(unit.positions, unit.triangles, stage.hash_grid, config.seed).to(device)
+        if resume_state is None and start_colours is not None and stage.start_fit_steps:
+            rmse = fit_field(mesh.texture, *start_colours, stage.start_fit_steps, generator, cancel)
+            reporter.emit("albedo_fit", rmse=round(rmse, 5))
         optimizer = torch.optim.Adam([{"params": mesh.texture.parameters(), "lr": stage.learning_rate},
                                       {"params": [mesh.offsets], "lr": stage.offset_learning_rate}], eps=1e-15)
     # A pixel-space prior sees small images: render at twice its size and let it downsample.

@@ -31,6 +31,38 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
                   "bottle", "candle", "tree", "pillar", "column", "barrel")
 
 
+# The bundled prior (training/bundled_prior) is a 32-px model of a small world, meant for CPUs.
+# The paper's settings are for DeepFloyd IF / Stable Diffusion; with this prior they make a grey
+# ball (measured: docs/benchmarks.md, "Generate with the bundled prior"). These replace them in each
+# stage guided by the bundled prior, wherever a setting is still at the paper's default:
+#   - cameras, lighting and background as in the prior's training renders (world.json): it knows
+#     objects only as framed, lit and set on solid colours there;
+#   - no geometry-only renders: grey shaded objects are "gray" objects in its world;
+#   - in stage 1, w2 = 0.5 throughout: the default negative prompt at w2 -> 1 rounds every shape into a ball,
+#     w2 = 0 (pure Eq. 7) exaggerates a cube into a spiky star, 0.3 into a box with hollow sides;
+#     in stage 2, which here mostly paints, w2 = 0: at 0.5 "oversaturated color" darkens red
+#     towards brown (paper 5.3 also lowers w2 to keep the prompt's colours);
+#   - renders at the prior's 32 px, 6 hash-grid levels (finest ~80 cells: smooth at 32 px, and
+#     cheap on a CPU), learning rate 1e-2 so 300 steps suffice;
+#   - the isosurface at density 2.5: a 300-step NeRF's densities peak near 15, so 10 is its core.
+BUNDLED_PRESET_STAGE1 = {
+    "steps": 300, "render_size": 32, "samples_per_ray": 64, "occupancy_resolution": 32, "batch_size_no_front": 1,
+    "learning_rate": 1e-2, "lighting_prob": 0.85, "geometry_render_prob": 0.0, "random_background_prob": 1.0,
+    "elevation_no_front_deg": (-15.0, 55.0),
+    "guidance": {"w2_start": 0.5, "w2_end": 0.5},
+    "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
+    "hash_grid": {"levels": 6, "log2_table_size": 15},
+}
+BUNDLED_PRESET_EXTRACT = {"threshold": 2.5, "resolution": 128, "target_triangles": 10_000}
+BUNDLED_PRESET_STAGE2 = {
+    "steps": 100, "start_fit_steps": 100, "lighting_prob": 0.85, "geometry_render_prob": 0.0,
+    "guidance": {"w2_start": 0.0, "w2_end": 0.0},
+    "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
+    "hash_grid": {"log2_table_size": 15},
+}
+BUNDLED_PRESET_JOB = {"texture_size": 512, "preview_every": 100, "checkpoint_every": 100}
+
+
 def _scaled(value: int, steps: int, reference: int) -> int:
     return int(round(value * steps / reference))
 
@@ -126,6 +158,7 @@ class RefineStageConfig:
     offset_learning_rate: float = 1e-4  # vertex offsets, in unit-box units
     normal_consistency_weight: float = 1000.0  # released code; the paper says 10,000
     laplacian_weight: float = 0.0  # optional uniform Laplacian (not in the paper's recipe)
+    start_fit_steps: int = 300  # regression of the albedo field onto the NeRF's colours before CSD (0: none)
     geometry_render: str = "shaded"
     geometry_render_prob: float = 0.5
     lighting_prob: float = 0.5
@@ -147,6 +180,8 @@ class RefineStageConfig:
     def validate(self) -> None:
         validate_common(self.steps, self.render_size, 0, "cpu")
         _check_positive(self, "learning_rate", "offset_learning_rate")
+        if not isinstance(self.start_fit_steps, int) or self.start_fit_steps < 0:
+            raise BadInputError("stage2.start_fit_steps must be an integer >= 0.", "")
         for name in ("normal_consistency_weight", "laplacian_weight"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise BadInputError(f"stage2.{name} must be a non-negative number.", "")
@@ -178,7 +213,20 @@ class GenerateJobConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     stage2: RefineStageConfig = field(default_factory=RefineStageConfig)
 
+    def resolve_defaults(self) -> "GenerateJobConfig":
+        """The bundled prior's preset over the settings still at their paper defaults (so a value
+        given explicitly wins, unless it equals the paper's default)."""
+        defaults = GenerateJobConfig(prompt=self.prompt, out=self.out)
+        if self.stage1.prior.model == BUNDLED_MODEL:
+            _overlay(self.stage1, defaults.stage1, BUNDLED_PRESET_STAGE1)
+            _overlay(self.extract, defaults.extract, BUNDLED_PRESET_EXTRACT)
+            _overlay(self, defaults, BUNDLED_PRESET_JOB)
+        if self.stage2.prior.model == BUNDLED_MODEL:
+            _overlay(self.stage2, defaults.stage2, BUNDLED_PRESET_STAGE2)
+        return self
+
     def validate(self) -> None:
+        self.resolve_defaults()
         validate_prompt(self.prompt)
         validate_common(1, 64, self.seed, self.device)
         validate_size("texture_size", self.texture_size, 16, 8192)
@@ -199,6 +247,14 @@ class GenerateJobConfig:
             return self.stage1.perp_neg == "on"
         words = self.prompt.lower().replace(",", " ").split()
         return not any(word.rstrip("s") in NO_FRONT_WORDS or word in NO_FRONT_WORDS for word in words)
+
+
+def _overlay(target, defaults, preset: dict) -> None:
+    for key, value in preset.items():
+        if isinstance(value, dict):
+            _overlay(getattr(target, key), getattr(defaults, key), value)
+        elif getattr(target, key) == getattr(defaults, key):
+            setattr(target, key, value)
 
 
 def _check_positive(config, *names: str) -> None:
@@ -234,9 +290,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         "(DeepFloyd IF stage I style folder or hub id, or 'bundled')")
     parser.add_argument("--stage2-model", default=None, help="prior of the refinement stage "
                         "(Stable Diffusion 2.1 base style, or 'bundled')")
-    parser.add_argument("--steps1", type=int, default=None, help=f"NeRF steps (default {NERF_STAGE_STEPS})")
-    parser.add_argument("--steps2", type=int, default=None, help=f"refinement steps (default {REFINE_STAGE_STEPS})")
-    parser.add_argument("--render-size1", type=int, default=None, help="NeRF render size (default 64)")
+    parser.add_argument("--steps1", type=int, default=None,
+                        help=f"NeRF steps (default {NERF_STAGE_STEPS}; bundled prior: 300)")
+    parser.add_argument("--steps2", type=int, default=None,
+                        help=f"refinement steps (default {REFINE_STAGE_STEPS}; bundled prior: 100)")
+    parser.add_argument("--render-size1", type=int, default=None,
+                        help="NeRF render size (default 64; bundled prior: 32)")
     parser.add_argument("--render-size2", type=int, default=None, help="refinement render size (default 512)")
     parser.add_argument("--stages", choices=("all", "1", "2"), default=None,
                         help="run both stages (default), only the NeRF, or only the refinement")
