@@ -21,7 +21,7 @@ from engine.config import to_dict
 from engine.errors import BadInputError
 from engine.job.progress import CancelToken, ProgressReporter
 from engine.job.runner import run_pipeline
-from engine.mesh.extract import fit_placement, mesh_from_grid, sample_density_grid
+from engine.mesh.extract import drop_fins, fit_placement, mesh_from_grid, sample_density_grid
 from engine.nerf.perp_neg import perp_neg_embeddings, relative_azimuth
 from engine.pipelines.generate import STAGE1_STATE, STAGE2_STATE, run_generate
 from engine.pipelines.generate_config import (GenerateJobConfig, add_generate_arguments, generate_config_from_args)
@@ -116,6 +116,37 @@ def test_sphere_density_gives_a_clean_sphere_placed_on_the_ground():
     assert abs((world.max(0) - world.min(0)).max() - 1.0) < 1e-5  # 1 m
     assert np.allclose((world.max(0) + world.min(0))[:2] / 2, 0.0, atol=1e-5)  # centred
     assert np.allclose(placement.invert(world), mesh.positions, atol=1e-5)
+
+
+def edge_face_counts(triangles: np.ndarray) -> np.ndarray:
+    edges = np.sort(triangles[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    return np.unique(edges, axis=0, return_counts=True)[1]
+
+
+def test_decimation_keeps_a_closed_surface_closed():
+    # fast-simplification collapses this lumpy ball (608 triangles) to 248 with a zero-volume fin:
+    # a face and its reversed twin, a second piece that is not a surface of anything.
+    axis = np.linspace(-1.0, 1.0, 16)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    grid = 10.0 * (1.0 - np.sqrt(x ** 2 + y ** 2 + z ** 2) / 0.7) + 3.0 * np.sin(2 * x + 1) * np.sin(6 * y) * np.cos(2 * z)
+    mesh, report = mesh_from_grid(grid.astype(np.float32), 1.0, 2.5, target_triangles=248, min_component_fraction=0.0)
+    tm = trimesh.Trimesh(mesh.positions, mesh.triangles, process=False)
+    assert report.raw_triangles > 248 and report.watertight
+    assert len(tm.split(only_watertight=False)) == 1
+    assert (edge_face_counts(mesh.triangles) == 2).all()
+    assert len(np.unique(np.sort(mesh.triangles, axis=1), axis=0)) == mesh.num_triangles
+
+
+def test_a_fin_glued_to_a_closed_surface_is_dropped():
+    # As decimation left one on a stage-1 cube: the fin's edge then had four faces.
+    ball = trimesh.creation.icosphere(subdivisions=1)
+    a, b = ball.faces[0, 0], ball.faces[0, 1]
+    apex = len(ball.vertices)
+    finned = np.concatenate([ball.faces, [[a, b, apex], [b, a, apex]]])
+    assert edge_face_counts(finned).max() == 4
+    kept = drop_fins(finned)
+    assert np.array_equal(kept, ball.faces)
+    assert trimesh.Trimesh(np.concatenate([ball.vertices, [[0.0, 0.0, 1.0]]]), kept, process=False).is_watertight
 
 
 def test_placement_keeps_the_front_towards_minus_y():

@@ -6,7 +6,8 @@ Used between the generate job's two stages (NeRF -> mesh refinement):
      cells so every surface closes (watertight where the density allows it);
   3. drop floaters: keep the largest connected piece and every piece with at least
      `min_component_fraction` of its area;
-  4. quadric decimation to a target triangle count (fast-simplification);
+  4. quadric decimation to a target triangle count (fast-simplification), without the
+     zero-volume fins its edge collapses can leave (they break watertightness);
   5. outward winding (positive signed volume).
 
 `placement` maps the NeRF frame to the world the asset is exported in: ground plane at
@@ -124,7 +125,20 @@ def decimate(mesh: TriangleMesh, target_triangles: int) -> TriangleMesh:
     points, faces = fast_simplification.simplify(np.asarray(mesh.positions, np.float32),
                                                   np.asarray(mesh.triangles, np.int64),
                                                   target_count=int(target_triangles))
-    return _compact(points.astype(np.float32), faces.astype(np.int64))
+    return _compact(points.astype(np.float32), drop_fins(faces.astype(np.int64)))
+
+
+def drop_fins(triangles: np.ndarray) -> np.ndarray:
+    """Without the faces that repeat another's three vertices (and without collapsed faces).
+
+    Edge collapses can leave a fin: a face and its reversed twin, zero volume, glued to the
+    surface along an edge that then has four faces, so a closed mesh stops being watertight.
+    Both faces of the pair go; the surface around them is already closed.
+    """
+    triangles = triangles[(triangles[:, 0] != triangles[:, 1]) & (triangles[:, 1] != triangles[:, 2])
+                          & (triangles[:, 2] != triangles[:, 0])]
+    _, inverse, counts = np.unique(np.sort(triangles, axis=1), axis=0, return_inverse=True, return_counts=True)
+    return triangles[counts[inverse.reshape(-1)] == 1]
 
 
 def orient_outward(mesh: TriangleMesh) -> TriangleMesh:
