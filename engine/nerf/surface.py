@@ -41,8 +41,8 @@ class RefinableMesh(torch.nn.Module):
         albedo = albedo.index_put(torch.nonzero(view.mask, as_tuple=True), self.texture(view.position[view.mask]))
         return view, albedo
 
-    def normal_consistency(self, form: str = "cosine") -> Tensor:
-        return normal_consistency(self.positions(), self.triangles, self.adjacency, form)
+    def normal_consistency(self) -> Tensor:
+        return normal_consistency(self.positions(), self.triangles, self.adjacency)
 
     def laplacian(self) -> Tensor:
         return laplacian_loss(self.positions(), self.edges)

@@ -390,7 +390,7 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
                 image = shade(albedo, view.normal, view.mask, lighting if lit else None, background)
             x = prior.images_to_model_input(image.permute(0, 3, 1, 2))
             distill = score_distillation_loss(prior, x, embeddings, guidance, step, generator)
-            loss = distill.loss + stage.normal_consistency_weight * mesh.normal_consistency(stage.normal_consistency)
+            loss = distill.loss + stage.normal_consistency_weight * mesh.normal_consistency()
             if stage.laplacian_weight:
                 loss = loss + stage.laplacian_weight * mesh.laplacian()
             optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,6 @@ REFINE_STAGE_STEPS = 5_000
 CONFIG_FILE = "generate_config.json"
 GEOMETRY_RENDERS = ("shaded", "normal_map")
 PERP_NEG_MODES = ("auto", "on", "off")
-NORMAL_CONSISTENCY_FORMS = ("cosine", "angle")  # engine/nerf/losses.normal_consistency
 # Prompts naming these have no clear front: Perp-Neg is left out under "auto" (paper A.4).
 NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", "donut", "doughnut", "ring",
                   "vase", "bowl", "cup", "mug", "plate", "planet", "orb", "pyramid", "egg", "rock", "stone",
@@ -45,22 +44,18 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 #     towards brown (paper 5.3 also lowers w2 to keep the prompt's colours);
 #   - renders at the prior's 32 px, 6 hash-grid levels (finest ~80 cells: smooth at 32 px, and
 #     cheap on a CPU), learning rate 1e-2 so 300 steps suffice;
-#   - the isosurface at density 2.5: a 300-step NeRF's densities peak near 15, so 10 is its core;
-#   - a cube's sides flatter: stage 1's t_max 0.3 after the switch (sharper edges and corners, if
-#     spiky ones), then stage 2 moves the vertices (offset lr 6e-3, 150 steps) under the "angle"
-#     normal consistency (|n1 - n2|, weight 60), which keeps edges sharp where 1 - cos rounds them.
+#   - the isosurface at density 2.5: a 300-step NeRF's densities peak near 15, so 10 is its core.
 BUNDLED_PRESET_STAGE1 = {
     "steps": 300, "render_size": 32, "samples_per_ray": 64, "occupancy_resolution": 32, "batch_size_no_front": 1,
     "learning_rate": 1e-2, "lighting_prob": 0.85, "geometry_render_prob": 0.0, "random_background_prob": 1.0,
     "elevation_no_front_deg": (-15.0, 55.0),
-    "guidance": {"w2_start": 0.5, "w2_end": 0.5, "t_max": 0.3},
+    "guidance": {"w2_start": 0.5, "w2_end": 0.5},
     "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
     "hash_grid": {"levels": 6, "log2_table_size": 15},
 }
 BUNDLED_PRESET_EXTRACT = {"threshold": 2.5, "resolution": 128, "target_triangles": 10_000}
 BUNDLED_PRESET_STAGE2 = {
-    "steps": 150, "start_fit_steps": 100, "lighting_prob": 0.85, "geometry_render_prob": 0.0,
-    "offset_learning_rate": 6e-3, "normal_consistency": "angle", "normal_consistency_weight": 60.0,
+    "steps": 100, "start_fit_steps": 100, "lighting_prob": 0.85, "geometry_render_prob": 0.0,
     "guidance": {"w2_start": 0.0, "w2_end": 0.0},
     "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
     "hash_grid": {"log2_table_size": 15},
@@ -162,7 +157,6 @@ class RefineStageConfig:
     learning_rate: float = 1e-3  # the albedo field
     offset_learning_rate: float = 1e-4  # vertex offsets, in unit-box units
     normal_consistency_weight: float = 1000.0  # released code; the paper says 10,000
-    normal_consistency: str = "cosine"  # released code's 1 - cos; "angle": |n1 - n2| (engine/nerf/losses.py)
     laplacian_weight: float = 0.0  # optional uniform Laplacian (not in the paper's recipe)
     start_fit_steps: int = 300  # regression of the albedo field onto the NeRF's colours before CSD (0: none)
     geometry_render: str = "shaded"
@@ -191,8 +185,6 @@ class RefineStageConfig:
         for name in ("normal_consistency_weight", "laplacian_weight"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise BadInputError(f"stage2.{name} must be a non-negative number.", "")
-        if self.normal_consistency not in NORMAL_CONSISTENCY_FORMS:
-            raise BadInputError(f"stage2.normal_consistency must be one of {', '.join(NORMAL_CONSISTENCY_FORMS)}.", "")
         _check_geometry_render("stage2", self.geometry_render)
         for name in ("geometry_render_prob", "lighting_prob"):
             _check_probability(f"stage2.{name}", getattr(self, name))
@@ -301,7 +293,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps1", type=int, default=None,
                         help=f"NeRF steps (default {NERF_STAGE_STEPS}; bundled prior: 300)")
     parser.add_argument("--steps2", type=int, default=None,
-                        help=f"refinement steps (default {REFINE_STAGE_STEPS}; bundled prior: 150)")
+                        help=f"refinement steps (default {REFINE_STAGE_STEPS}; bundled prior: 100)")
     parser.add_argument("--render-size1", type=int, default=None,
                         help="NeRF render size (default 64; bundled prior: 32)")
     parser.add_argument("--render-size2", type=int, default=None, help="refinement render size (default 512)")
