@@ -32,12 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import HashGridConfig, update_from_dict
-from ..errors import BadInputError, EngineError
+from ..errors import BadInputError
 from ..field.texture_field import TextureField, fit_field
 from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
 from ..job.runner import JobContext
 from ..mesh.load import load_mesh, load_textured_mesh
+from ..mesh.sampling import sample_surface
 from ..mesh.types import Normalization, TriangleMesh
 from ..mesh.uv import uv_problem
 from ..mesh.validate import validate_mesh
@@ -257,24 +258,6 @@ def fit_field_to_texture(field: TextureField, mesh_unit: TriangleMesh, texture: 
     there (looked up through the UVs, bilinearly). Returns the RMSE on the last batch."""
     points, uvs = sample_surface(mesh_unit, FIT_SAMPLES, generator)
     return fit_field(field, points.to(device), sample_texture(texture, uvs).to(device), steps, generator, cancel)
-
-
-def sample_surface(mesh: TriangleMesh, count: int, generator: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`count` points uniform over the surface by area: positions (N, 3) and UVs (N, 2) (None without UVs)."""
-    positions = torch.as_tensor(mesh.positions, dtype=torch.float64)
-    triangles = torch.as_tensor(mesh.triangles, dtype=torch.long)
-    corners = positions[triangles]  # (F, 3, 3)
-    areas = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]).norm(dim=-1)
-    face = torch.multinomial(areas / areas.sum(), count, replacement=True, generator=generator)
-    u, v = torch.rand(2, count, generator=generator, dtype=torch.float64)
-    root = u.sqrt()  # uniform barycentrics: (1 - sqrt(u), sqrt(u)(1 - v), sqrt(u) v)
-    weights = torch.stack([1.0 - root, root * (1.0 - v), root * v], dim=-1)[:, :, None]
-    points = (corners[face] * weights).sum(dim=1)
-    if mesh.corner_uvs is None:
-        return points.float(), None
-    uvs = (torch.as_tensor(mesh.corner_uvs, dtype=torch.float64)[face] * weights).sum(dim=1)
-    return points.float(), uvs.float()
 
 
 def sample_texture(texture: np.ndarray, uvs: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from ..files import atomic_save_image, atomic_write, atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
 from ..job.runner import JobContext
 from ..mesh.extract import ExtractionReport, Placement, extract_mesh, fit_placement
+from ..mesh.sampling import sample_surface
 from ..mesh.types import Normalization, TriangleMesh
 from ..mesh.uv import unwrap
 from ..nerf.background import LearnedBackground
@@ -55,7 +56,6 @@ from ..prior.load import load_prior
 from ..render.cameras import Cameras, orbit_cameras, sample_cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import sample_backgrounds, sample_lighting, shade
-from .edit import sample_surface
 from .generate_config import GenerateJobConfig, NerfStageConfig, RefineStageConfig, save_config
 from .texture import PreparedMesh, export_textured_mesh
 
@@ -202,7 +202,7 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
     reporter.stage("loading model")
     with context.timed("setup_s"):
         prior = load_prior(stage.prior, device)
-        compile_unet(prior, config.compile)
+        speed_up_unet(prior, config.compile)
         if not prior.pixel_space:
             reporter.emit("warning", message=f"{stage.prior.model} is a latent model; the NeRF stage is meant for "
                                              "a pixel-space prior (DeepFloyd IF stage I or the bundled prior).")
@@ -346,7 +346,7 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
     reporter.stage("loading model")
     with context.timed("setup_s"):
         prior = load_prior(stage.prior, device)
-        compile_unet(prior, config.compile)
+        speed_up_unet(prior, config.compile)
         embeddings = prior.encode_prompts([config.prompt, "", config.negative_prompt])
         prior.release_text_encoder()
         if resume_state is not None:
@@ -504,13 +504,13 @@ def write_preview(context: JobContext, image: np.ndarray, step: int) -> None:
     context.reporter.emit("preview", step=step, path=name, view=name)
 
 
-def compile_unet(prior: DiffusionPrior, enabled: bool) -> None:
+def speed_up_unet(prior: DiffusionPrior, compile: bool) -> None:
     """CUDA graphs for the UNet: the eager UNet is launch-bound (shared/reference/gpu-baseline.md).
     By default each input shape's call is captured once and replayed; --compile has
     torch.compile fuse the UNet's kernels as well (minutes of compiling first)."""
     if prior.device.type != "cuda":
         return
-    if enabled:
+    if compile:
         prior.unet = torch.compile(prior.unet, mode="reduce-overhead")
     else:
         use_cuda_graphs(prior)

@@ -34,8 +34,7 @@ from ..mesh.uv import ensure_uvs
 from ..mesh.validate import validate_mesh
 from ..prior.base import DiffusionPrior
 from ..prior.load import load_prior
-from ..render.cameras import Cameras, cameras_from_matrices, orbit_cameras, sample_cameras
-from ..render.gbuffer import render_gbuffer
+from ..render.cameras import Cameras, cameras_from_matrices, sample_cameras
 from .texture_step import make_texture_step, render_albedo_view
 from .views import ViewPool
 
