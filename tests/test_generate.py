@@ -269,6 +269,14 @@ def test_bad_settings_end_in_bad_input(tiny_prior, tmp_path):
     config.stage1.geometry_render = "wireframe"
     with pytest.raises(BadInputError):
         config.validate()
+    config = tiny_config(tiny_prior, tmp_path)
+    config.stage2.normal_consistency = "squared"
+    with pytest.raises(BadInputError, match="normal_consistency"):
+        config.validate()
+    config = tiny_config(tiny_prior, tmp_path)
+    config.extract.opening_radius = -0.1
+    with pytest.raises(BadInputError, match="opening_radius"):
+        config.validate()
 
 
 def test_bundled_preset_fills_only_settings_left_at_paper_defaults():
@@ -302,20 +310,6 @@ bundled = pytest.mark.skipif(not (BUNDLED_PRIOR_DIR / "model_index.json").is_fil
                              reason="the bundled prior is not in this checkout yet")
 
 
-def sphericity(mesh: trimesh.Trimesh) -> float:
-    """1 for a ball, 0.81 for a cube."""
-    return float(np.pi ** (1 / 3) * (6 * abs(mesh.volume)) ** (2 / 3) / mesh.area)
-
-
-def flat_share(mesh: trimesh.Trimesh) -> float:
-    """The share of the area on big flat sides: faces whose normal agrees within 15 degrees with
-    normals covering at least 8% of the area (a ball's 15-degree cap is 1.7%, a cube's side 16.7%:
-    0 for a ball, 1 for a cube)."""
-    normals, areas = mesh.face_normals, mesh.area_faces / mesh.area
-    agreeing = ((normals @ normals.T) > np.cos(np.radians(15))).astype(np.float32) @ areas
-    return float(areas[agreeing > 0.08].sum())
-
-
 def nearest_colour(texture: np.ndarray) -> str:
     from engine.judge.palette import CHROMATIC, PALETTE
 
@@ -330,6 +324,7 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
     smaller mesh and texture; judged by engine.judge and the mesh's sphericity."""
     from PIL import Image
 
+    from engine.judge.geometry import flat_share, load_closed_mesh, sphericity
     from engine.judge.results import judge_result
 
     config = GenerateJobConfig(prompt=prompt, out=str(tmp_path), device="cpu", texture_size=128, preview_every=0,
@@ -339,8 +334,7 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
     assert code == 0, result["error"]
     assert (config.stage1.steps, config.stage1.render_size, config.stage2.steps) == (300, 32, 100)  # the preset
     verdict = judge_result(tmp_path)
-    mesh = trimesh.load(tmp_path / result["outputs"]["glb"], force="mesh")
-    mesh.merge_vertices(merge_tex=True, merge_norm=True)  # the GLB splits vertices at UV seams only
+    mesh = load_closed_mesh(tmp_path / result["outputs"]["glb"])
     assert mesh.is_watertight
     roundness, flat = sphericity(mesh), flat_share(mesh)
     assert verdict["shape"] == shape, (verdict["probabilities"]["shape"], roundness, flat)
@@ -353,3 +347,66 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
     assert verdict["colour"] == colour, verdict["colour_fractions"]
     texture = np.asarray(Image.open(tmp_path / result["outputs"]["texture"]).convert("RGB"))
     assert nearest_colour(texture) == colour
+
+
+def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
+    """A strip turning 90 degrees: the released 1 - cos form costs one sharp fold more than two
+    45-degree folds (it rounds edges); the "angle" form, the reverse (it keeps flat sides flat)."""
+    from engine.nerf.losses import face_adjacency, normal_consistency
+
+    def strip(profile: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Two triangles per profile segment, extruded along y; each fold is one adjacent pair across it.
+        points = [(x, y, z) for x, z in profile for y in (0.0, 1.0)]
+        triangles = [(2 * i, 2 * i + 2, 2 * i + 1) for i in range(len(profile) - 1)]
+        triangles += [(2 * i + 1, 2 * i + 2, 2 * i + 3) for i in range(len(profile) - 1)]
+        return torch.tensor(points), torch.tensor(triangles)
+
+    sharp = strip([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
+    soft = strip([(0.0, 0.0), (0.7, 0.0), (1.0, 0.3), (1.0, 1.0)])
+
+    def total(mesh, form):
+        adjacency = torch.as_tensor(face_adjacency(mesh[1].numpy()))
+        return float(normal_consistency(*mesh, adjacency, form)) * adjacency.shape[0]
+
+    assert total(sharp, "cosine") > total(soft, "cosine")
+    assert total(sharp, "angle") < total(soft, "angle")
+
+
+def test_vertex_learning_rate_follows_the_edge_length():
+    """offset_learning_rate_per_edge: the same step in edge lengths on a coarse and a fine mesh."""
+    from engine.config import HashGridConfig
+    from engine.nerf.surface import RefinableMesh
+    from engine.pipelines.generate_config import RefineStageConfig
+
+    stage = RefineStageConfig(offset_learning_rate_per_edge=0.1)
+    rates = []
+    for subdivisions in (2, 4):
+        ball = trimesh.creation.icosphere(subdivisions=subdivisions, radius=0.5)
+        mesh = RefinableMesh(ball.vertices, ball.faces, HashGridConfig(levels=2, log2_table_size=8))
+        edge = float(ball.edges_unique_length.mean())
+        assert mesh.mean_edge_length() == pytest.approx(edge, rel=1e-5)
+        rates.append(stage.vertex_learning_rate(mesh.mean_edge_length()))
+        assert rates[-1] == pytest.approx(0.1 * edge, rel=1e-5)
+    assert rates[1] == pytest.approx(rates[0] / 4, rel=0.05)  # two subdivisions halve the edges twice
+    assert RefineStageConfig().vertex_learning_rate(0.05) == RefineStageConfig().offset_learning_rate
+
+
+def test_opening_removes_a_stalk_and_keeps_the_body():
+    """A ball on a thin stalk (as a NeRF can leave under an object): the opened density's mesh
+    has the ball and not the stalk."""
+    from engine.mesh.extract import open_density
+
+    def density(points):
+        ball = sphere_density(points, radius=0.4)
+        radial = points[:, :2].norm(dim=-1)
+        stalk = ((radial < 0.04) & (points[:, 2] < 0.0) & (points[:, 2] > -0.8)).float() * 30.0
+        return torch.maximum(ball, stalk)
+
+    grid = sample_density_grid(density, 1.0, 64, torch.device("cpu"))
+    plain, _ = mesh_from_grid(grid, 1.0, 10.0, 4000, 0.1)
+    opened, report = mesh_from_grid(open_density(grid, 2), 1.0, 10.0, 4000, 0.1)
+    assert plain.positions[:, 2].min() < -0.75  # the stalk is there...
+    assert opened.positions[:, 2].min() > -0.45  # ... and gone; the ball (down to -0.4) stays
+    assert report.watertight
+    radius = np.linalg.norm(opened.positions, axis=1)
+    assert 0.36 < radius.mean() < 0.42

@@ -24,7 +24,10 @@ from ..config import GuidanceConfig
 
 def csd_direction(eps_text: torch.Tensor, eps_uncond: torch.Tensor, eps_negative: torch.Tensor | None,
                   w1: float, w2: float) -> torch.Tensor:
-    """Eq. 10 (and Eq. 7 when eps_negative is None or w2 == 0; Eq. 11 for edits)."""
+    """Eq. 10 (and Eq. 7 when eps_negative is None or w2 == 0; Eq. 11 for edits). eps_uncond may be
+    None when w2 == w1: then the unconditional prediction cancels out of Eq. 10."""
+    if eps_uncond is None:
+        return w1 * eps_text - w2 * eps_negative
     direction = w1 * (eps_text - eps_uncond)
     if eps_negative is not None and w2 != 0.0:
         direction = direction - w2 * (eps_negative - eps_uncond)
@@ -93,6 +96,20 @@ def guidance_direction(config: GuidanceConfig, step: int, eps_text: torch.Tensor
     return csd_direction(eps_text, eps_uncond, eps_negative, config.w1, config.w2_at(step))
 
 
+def prompts_used(config: GuidanceConfig, step: int, num_prompts: int) -> list[int]:
+    """Which of [prompt, "", negative] the step's direction reads. CSD needs no negative prediction
+    at w2 = 0, and no unconditional one at w2 = w1 (Eq. 10 is then w1 * (e(y) - e(y_neg)): the
+    released NeRF schedule's second half), so the prior's batch shrinks by a third there."""
+    if config.mode == "sds" or num_prompts < 3:
+        return list(range(num_prompts))
+    w2 = config.w2_at(step)
+    if w2 == 0.0:
+        return [0, 1]
+    if w2 == config.w1:
+        return [0, 2]
+    return [0, 1, 2]
+
+
 def score_distillation_loss(prior, x: torch.Tensor, embeddings: torch.Tensor, config: GuidanceConfig, step: int,
                             generator: torch.Generator, control=None) -> DistillationStep:
     """One score-distillation step on model input x (B, C, H, W) that carries the autograd graph.
@@ -100,15 +117,16 @@ def score_distillation_loss(prior, x: torch.Tensor, embeddings: torch.Tensor, co
     embeddings are (K, L, D) in the order [prompt, "", negative] (negative optional; for edits
     [target, "", edit]); each of the K prompts is paired with the whole batch in one prior call.
     """
-    batch, num_prompts = x.shape[0], embeddings.shape[0]
+    batch = x.shape[0]
     timesteps = sample_timesteps(batch, config.t_range_at(step), prior.num_train_timesteps, generator, x.device)
     noise = torch.randn(x.shape, generator=generator).to(device=x.device, dtype=torch.float32)
+    used = prompts_used(config, step, embeddings.shape[0])
     with torch.no_grad():
         noisy = prior.add_noise(x.detach().float(), noise, timesteps)
-        eps = prior.predict_noise(noisy.repeat(num_prompts, 1, 1, 1), timesteps.repeat(num_prompts),
-                                  embeddings.repeat_interleave(batch, dim=0), control).float()
-        eps_text, eps_uncond = eps[:batch], eps[batch:2 * batch]
-        eps_negative = eps[2 * batch:3 * batch] if num_prompts > 2 else None
+        eps = prior.predict_noise(noisy.repeat(len(used), 1, 1, 1), timesteps.repeat(len(used)),
+                                  embeddings[used].repeat_interleave(batch, dim=0), control).float()
+        predictions = dict(zip(used, eps.split(batch)))
+        eps_text, eps_uncond, eps_negative = (predictions.get(k) for k in range(3))
         direction = guidance_direction(config, step, eps_text, eps_uncond, eps_negative, noise)
         gradient = weight_gradient(direction, prior.alphas_cumprod[timesteps], prior.pixel_space)
     return DistillationStep(surrogate_loss(x.float(), gradient), timesteps, gradient)

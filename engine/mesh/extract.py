@@ -2,13 +2,15 @@
 
 Used between the generate job's two stages (NeRF -> mesh refinement):
   1. sample the density on a regular grid over the NeRF's box (chunked, no autograd);
-  2. marching cubes at the isosurface threshold (scikit-image), the grid padded with empty
+  2. optionally, a grey-scale morphological opening of the density (scipy.ndimage): parts
+     thinner than about twice `opening_radius` (stalks, flaps) fade out of the field;
+  3. marching cubes at the isosurface threshold (scikit-image), the grid padded with empty
      cells so every surface closes (watertight where the density allows it);
-  3. drop floaters: keep the largest connected piece and every piece with at least
+  4. drop floaters: keep the largest connected piece and every piece with at least
      `min_component_fraction` of its area;
-  4. quadric decimation to a target triangle count (fast-simplification), without the
+  5. quadric decimation to a target triangle count (fast-simplification), without the
      zero-volume fins its edge collapses can leave (they break watertightness);
-  5. outward winding (positive signed volume).
+  6. outward winding (positive signed volume).
 
 `placement` maps the NeRF frame to the world the asset is exported in: ground plane at
 z = 0 under the object, centred on the origin in x and y, the largest side `size` metres.
@@ -151,10 +153,26 @@ def orient_outward(mesh: TriangleMesh) -> TriangleMesh:
 
 
 def extract_mesh(density: DensityFn, bound: float, resolution: int, threshold: float, target_triangles: int,
-                 min_component_fraction: float, device: torch.device) -> tuple[TriangleMesh, ExtractionReport]:
-    """The density field's isosurface as a clean mesh in the NeRF frame."""
+                 min_component_fraction: float, device: torch.device, opening_radius: float = 0.0
+                 ) -> tuple[TriangleMesh, ExtractionReport]:
+    """The density field's isosurface as a clean mesh in the NeRF frame. opening_radius is in the
+    NeRF frame's units (0: no opening)."""
     grid = sample_density_grid(density, bound, resolution, device)
+    cells = int(round(opening_radius * (resolution - 1) / (2.0 * bound)))
+    if cells > 0:
+        grid = open_density(grid, cells)
     return mesh_from_grid(grid, bound, threshold, target_triangles, min_component_fraction)
+
+
+def open_density(grid: np.ndarray, radius_cells: int) -> np.ndarray:
+    """Grey-scale opening (erosion, then dilation) with a ball of `radius_cells`: every value becomes
+    the largest minimum over the balls that contain it, so a part any ball of that radius cannot fit
+    in loses its density, and the rest keeps its values."""
+    from scipy import ndimage
+
+    axis = np.arange(-radius_cells, radius_cells + 1)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    return ndimage.grey_opening(grid, footprint=x * x + y * y + z * z <= radius_cells * radius_cells)
 
 
 def mesh_from_grid(grid: np.ndarray, bound: float, threshold: float, target_triangles: int,

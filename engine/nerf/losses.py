@@ -42,12 +42,21 @@ def unique_edges(triangles: np.ndarray) -> np.ndarray:
     return np.unique(edges, axis=0)
 
 
-def normal_consistency(positions: Tensor, triangles: Tensor, adjacency: Tensor) -> Tensor:
-    """Mean over adjacent face pairs of 1 - cos(angle between their normals)."""
+def normal_consistency(positions: Tensor, triangles: Tensor, adjacency: Tensor, form: str = "cosine") -> Tensor:
+    """Mean over adjacent face pairs of 1 - cos(angle between their normals) ("cosine", the
+    released code's), or of |n1 - n2| = sqrt(2 (1 - cos)) ("angle", ~ the angle itself).
+
+    1 - cos ~ angle^2 / 2 makes many slight bends cheaper than one sharp one, so it rounds edges;
+    the angle form costs a bend in proportion to its angle, so it keeps flat sides and sharp edges.
+    """
     if adjacency.numel() == 0:
         return positions.sum() * 0.0
     normals = F.normalize(face_normals(positions, triangles), dim=-1, eps=1e-12)
-    return (1.0 - (normals[adjacency[:, 0]] * normals[adjacency[:, 1]]).sum(-1)).mean()
+    one_minus_cos = 1.0 - (normals[adjacency[:, 0]] * normals[adjacency[:, 1]]).sum(-1)
+    if form == "angle":
+        # clamped: the square root's gradient is infinite on a flat pair
+        return (2.0 * one_minus_cos).clamp_min(1e-8).sqrt().mean()
+    return one_minus_cos.mean()
 
 
 def laplacian_loss(positions: Tensor, edges: Tensor) -> Tensor:

@@ -41,8 +41,14 @@ class RefinableMesh(torch.nn.Module):
         albedo = albedo.index_put(torch.nonzero(view.mask, as_tuple=True), self.texture(view.position[view.mask]))
         return view, albedo
 
-    def normal_consistency(self) -> Tensor:
-        return normal_consistency(self.positions(), self.triangles, self.adjacency)
+    def normal_consistency(self, form: str = "cosine") -> Tensor:
+        return normal_consistency(self.positions(), self.triangles, self.adjacency, form)
+
+    def mean_edge_length(self) -> float:
+        """Of the base mesh, in unit-box units."""
+        if self.edges.numel() == 0:
+            return 0.0
+        return float((self.base[self.edges[:, 0]] - self.base[self.edges[:, 1]]).norm(dim=-1).mean())
 
     def laplacian(self) -> Tensor:
         return laplacian_loss(self.positions(), self.edges)

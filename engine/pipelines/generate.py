@@ -53,6 +53,7 @@ from ..nerf.surface import RefinableMesh
 from ..prior.base import DiffusionPrior
 from ..prior.graphed import use_cuda_graphs
 from ..prior.load import load_prior
+from ..prior.vae_encoding import FastVaeEncoder
 from ..render.cameras import Cameras, orbit_cameras, sample_cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import sample_backgrounds, sample_lighting, shade
@@ -300,7 +301,8 @@ def extract_placed_mesh(nerf: NerfModel, config: GenerateJobConfig, device: torc
                         ) -> tuple[TriangleMesh, Placement, ExtractionReport]:
     """The isosurface in world units: ground at z = 0, centred, facing -Y, `size_m` across."""
     mesh, report = extract_mesh(nerf.field.density, nerf.bound, config.extract.resolution, config.extract.threshold,
-                                config.extract.target_triangles, config.extract.min_component_fraction, device)
+                                config.extract.target_triangles, config.extract.min_component_fraction, device,
+                                config.extract.opening_radius)
     placement = fit_placement(mesh.positions, config.extract.size_m)
     return mesh.with_positions(placement.apply(mesh.positions)), placement, report
 
@@ -347,6 +349,7 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
     with context.timed("setup_s"):
         prior = load_prior(stage.prior, device)
         speed_up_unet(prior, config.compile)
+        encoder = FastVaeEncoder(prior)
         embeddings = prior.encode_prompts([config.prompt, "", config.negative_prompt])
         prior.release_text_encoder()
         if resume_state is not None:
@@ -357,7 +360,8 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
             rmse = fit_field(mesh.texture, *start_colours, stage.start_fit_steps, generator, cancel)
             reporter.emit("albedo_fit", rmse=round(rmse, 5))
         optimizer = torch.optim.Adam([{"params": mesh.texture.parameters(), "lr": stage.learning_rate},
-                                      {"params": [mesh.offsets], "lr": stage.offset_learning_rate}], eps=1e-15)
+                                      {"params": [mesh.offsets], "lr": stage.vertex_learning_rate(
+                                          mesh.mean_edge_length())}], eps=1e-15)
     # A pixel-space prior sees small images: render at twice its size and let it downsample.
     size = min(stage.render_size, 2 * prior.resolution) if prior.pixel_space else stage.render_size
     if size != stage.render_size:
@@ -388,9 +392,9 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
             else:
                 lit = float(torch.rand((), generator=generator)) < stage.lighting_prob
                 image = shade(albedo, view.normal, view.mask, lighting if lit else None, background)
-            x = prior.images_to_model_input(image.permute(0, 3, 1, 2))
+            x = encoder.encode(image.permute(0, 3, 1, 2))
             distill = score_distillation_loss(prior, x, embeddings, guidance, step, generator)
-            loss = distill.loss + stage.normal_consistency_weight * mesh.normal_consistency()
+            loss = distill.loss + stage.normal_consistency_weight * mesh.normal_consistency(stage.normal_consistency)
             if stage.laplacian_weight:
                 loss = loss + stage.laplacian_weight * mesh.laplacian()
             optimizer.zero_grad(set_to_none=True)

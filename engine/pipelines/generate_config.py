@@ -25,6 +25,7 @@ REFINE_STAGE_STEPS = 5_000
 CONFIG_FILE = "generate_config.json"
 GEOMETRY_RENDERS = ("shaded", "normal_map")
 PERP_NEG_MODES = ("auto", "on", "off")
+NORMAL_CONSISTENCY_FORMS = ("cosine", "angle")  # engine/nerf/losses.normal_consistency
 # Prompts naming these have no clear front: Perp-Neg is left out under "auto" (paper A.4).
 NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", "donut", "doughnut", "ring",
                   "vase", "bowl", "cup", "mug", "plate", "planet", "orb", "pyramid", "egg", "rock", "stone",
@@ -139,6 +140,7 @@ class ExtractConfig:
     threshold: float = 10.0  # density isosurface (the released code's DMTet initialisation uses 10)
     target_triangles: int = 50_000
     min_component_fraction: float = 0.1  # pieces smaller than this share of the largest are floaters
+    opening_radius: float = 0.0  # NeRF units; parts thinner than about twice this are removed (0: off)
     size_m: float = 1.0  # largest side of the exported asset, in metres
 
     def validate(self) -> None:
@@ -146,6 +148,8 @@ class ExtractConfig:
         validate_size("extract.target_triangles", self.target_triangles, 100, 5_000_000)
         _check_positive(self, "threshold", "size_m")
         _check_probability("extract.min_component_fraction", self.min_component_fraction)
+        if not (0.0 <= self.opening_radius <= 0.5):
+            raise BadInputError(f"extract.opening_radius must be between 0 and 0.5, got {self.opening_radius!r}.", "")
 
 
 @dataclass
@@ -156,7 +160,12 @@ class RefineStageConfig:
     render_size: int = 512  # pixel-space priors render at min(this, 2 x their resolution)
     learning_rate: float = 1e-3  # the albedo field
     offset_learning_rate: float = 1e-4  # vertex offsets, in unit-box units
+    # If > 0, the vertex offsets' learning rate is this times the mesh's mean edge length instead:
+    # Adam moves every vertex by about its learning rate a step, so a fixed rate that reshapes a
+    # coarse mesh tears a fine one into spikes.
+    offset_learning_rate_per_edge: float = 0.0
     normal_consistency_weight: float = 1000.0  # released code; the paper says 10,000
+    normal_consistency: str = "cosine"  # released code's 1 - cos; "angle": |n1 - n2| (engine/nerf/losses.py)
     laplacian_weight: float = 0.0  # optional uniform Laplacian (not in the paper's recipe)
     start_fit_steps: int = 300  # regression of the albedo field onto the NeRF's colours before CSD (0: none)
     geometry_render: str = "shaded"
@@ -177,9 +186,18 @@ class RefineStageConfig:
                                    t_max_switch_step=_scaled(self.guidance.t_max_switch_step, self.steps,
                                                              REFINE_STAGE_STEPS))
 
+    def vertex_learning_rate(self, mean_edge_length: float) -> float:
+        if self.offset_learning_rate_per_edge > 0:
+            return self.offset_learning_rate_per_edge * mean_edge_length
+        return self.offset_learning_rate
+
     def validate(self) -> None:
         validate_common(self.steps, self.render_size, 0, "cpu")
         _check_positive(self, "learning_rate", "offset_learning_rate")
+        if not (self.offset_learning_rate_per_edge >= 0 and math.isfinite(self.offset_learning_rate_per_edge)):
+            raise BadInputError("stage2.offset_learning_rate_per_edge must be a non-negative number.", "")
+        if self.normal_consistency not in NORMAL_CONSISTENCY_FORMS:
+            raise BadInputError(f"stage2.normal_consistency must be one of {', '.join(NORMAL_CONSISTENCY_FORMS)}.", "")
         if not isinstance(self.start_fit_steps, int) or self.start_fit_steps < 0:
             raise BadInputError("stage2.start_fit_steps must be an integer >= 0.", "")
         for name in ("normal_consistency_weight", "laplacian_weight"):

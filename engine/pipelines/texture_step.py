@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import TextureJobConfig
 from ..field.texture_field import TextureField
@@ -43,6 +42,7 @@ from ..prior.channels_last import nhwc_transformer_outputs, set_memory_format
 from ..prior.elementwise_triton import fused_elementwise
 from ..prior.group_norm_triton import triton_available, triton_group_norms
 from ..prior.patching import replaced_methods
+from ..prior.vae_encoding import half_precision_math_attention
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import Lighting, sample_backgrounds, sample_lighting, shade
@@ -70,18 +70,6 @@ def make_optimizer(field: TextureField, learning_rate: float, capturable: bool =
 def prior_modules(prior: DiffusionPrior) -> list[torch.nn.Module]:
     return [m for m in (getattr(prior, "unet", None), getattr(prior, "vae", None),
                         *getattr(prior, "controlnets", {}).values()) if isinstance(m, torch.nn.Module)]
-
-
-@contextmanager
-def half_precision_math_attention() -> Iterator[None]:
-    """SDPA's math kernels keep fp16/bf16 inputs in their precision (matmuls still accumulate in float32)."""
-    previous = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
-    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(previous)
 
 
 @contextmanager

@@ -7,6 +7,12 @@ count and batch), so the call is captured once per shape and then replayed: the 
 copied into the graph's buffers, the graph replays, the output is copied out. The GroupNorms
 inside run the Triton statistics kernels while capturing (prior/group_norm_triton.py).
 
+With `channels_last` (the default where Triton imports) the UNet runs NHWC end to end, as the
+texture step's does (prior/channels_last.py): NHWC weights and input, the channels-last
+GroupNorm, transformer outputs left NHWC and the fused bias / GEGLU kernels
+(prior/elementwise_triton.py). cuDNN computes half-precision convolutions in NHWC, so an NCHW
+UNet pays two layout conversions around every convolution.
+
 The texture job does not use this: it captures its whole step (pipelines/texture_step.py).
 """
 
@@ -18,8 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from contextlib import ExitStack
+
 from .base import ControlImages, DiffusionPrior
-from .group_norm_triton import triton_group_norms
+from .channels_last import nhwc_transformer_outputs, set_memory_format
+from .elementwise_triton import fused_elementwise
+from .group_norm_triton import triton_available, triton_group_norms
 
 WARMUP_CALLS = 2  # on a side stream before capture: lazy cuBLAS/cuDNN handles and workspaces
 MAX_GRAPHS = 6  # input shapes kept; a job uses one to three
@@ -41,8 +51,13 @@ def _signature(*tensors: Tensor) -> tuple:
 class GraphedNoisePrediction:
     """Callable like `prior.predict_noise`; calls with ControlNet inputs, or on a CPU, run eagerly."""
 
-    def __init__(self, prior: DiffusionPrior, predict: Callable[..., Tensor]):
+    def __init__(self, prior: DiffusionPrior, predict: Callable[..., Tensor], channels_last: bool = True):
         self.prior, self.predict = prior, predict
+        unet = getattr(prior, "unet", None)
+        # PyTorch's own GroupNorm turns NHWC back into NCHW, so NHWC pays only with the Triton one.
+        self.channels_last = channels_last and unet is not None and triton_available()
+        if self.channels_last:
+            set_memory_format([unet], True)
         self.pool = torch.cuda.graph_pool_handle()  # one memory pool for every captured shape
         self.captured: dict[tuple, _CapturedCall] = {}
         self.failure: str | None = None  # why capture failed; every later call then runs eagerly
@@ -71,10 +86,15 @@ class GraphedNoisePrediction:
         return call.output.clone()
 
     def _capture(self, noisy: Tensor, timesteps: Tensor, embeddings: Tensor) -> _CapturedCall:
-        static = [noisy.clone(), timesteps.clone(), embeddings.clone()]
+        layout = torch.channels_last if self.channels_last and noisy.dim() == 4 else torch.contiguous_format
+        static = [noisy.clone(memory_format=layout), timesteps.clone(), embeddings.clone()]
         device = noisy.device
         unet = getattr(self.prior, "unet", None)
-        with triton_group_norms(unet):
+        with ExitStack() as stack:
+            stack.enter_context(triton_group_norms(unet))
+            if self.channels_last:
+                stack.enter_context(nhwc_transformer_outputs(unet))
+                stack.enter_context(fused_elementwise(unet))
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
@@ -87,11 +107,15 @@ class GraphedNoisePrediction:
         return _CapturedCall(graph, *static, output)
 
 
-def use_cuda_graphs(prior: DiffusionPrior, enabled: bool = True) -> None:
-    """Route the prior's no-grad noise predictions through CUDA graphs (no-op off CUDA), or
-    (enabled=False) back to the plain eager call."""
-    graphed = isinstance(prior.predict_noise, GraphedNoisePrediction)
-    if not enabled and graphed:
+def use_cuda_graphs(prior: DiffusionPrior, enabled: bool = True, channels_last: bool = True) -> None:
+    """Route the prior's no-grad noise predictions through CUDA graphs (no-op off CUDA), NHWC where
+    it can, or (enabled=False) back to the plain eager call with NCHW weights."""
+    current = prior.predict_noise
+    if isinstance(current, GraphedNoisePrediction):
+        if enabled and current.channels_last == (channels_last and triton_available()):
+            return
         del prior.predict_noise  # the instance attribute that shadows the class's method
-    elif enabled and not graphed and prior.device.type == "cuda":
-        prior.predict_noise = GraphedNoisePrediction(prior, prior.predict_noise)
+        if current.channels_last:
+            set_memory_format([prior.unet], False)
+    if enabled and prior.device.type == "cuda":
+        prior.predict_noise = GraphedNoisePrediction(prior, prior.predict_noise, channels_last)

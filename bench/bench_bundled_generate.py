@@ -1,0 +1,169 @@
+"""Quality benchmark of `generate --model bundled`: shape and colour of the assets, per setting.
+
+Each (variant, prompt, seed) runs as its own `python -m engine run` job (the add-on's path), one
+thread per job and `--jobs` jobs at once, with the variant's settings laid over the job's. The
+asset is then judged: the judge's shape and colour (engine.judge.results), sphericity and the
+share of the area on big flat sides (engine.judge.geometry; a cube: 0.81 and 1, a ball: 1 and 0),
+and whether the exported GLB is closed. Prints a table and writes rows.jsonl, each run's folder
+and a contact sheet of the previews to --out.
+
+    python bench/bench_bundled_generate.py --out bench/out-bundled-generate --jobs 2
+    python bench/bench_bundled_generate.py --variants preset --prompts "a blue cube" --seeds 0 1 2 \\
+        --variant 'mine={"stage1": {"steps": 600}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Settings laid over the job's (job.json "settings", nested as GenerateJobConfig).
+ANGLE_200 = {"steps": 300, "normal_consistency": "angle", "normal_consistency_weight": 200.0,
+             "offset_learning_rate_per_edge": 0.11}
+VARIANTS: dict[str, dict] = {
+    "preset": {},
+    # Stage 2 reshaping the mesh under the angle form of normal consistency, with a vertex step
+    # scaled to the edge length (so it holds at every mesh size).
+    "a200": {"stage2": ANGLE_200},
+    # Stage 1 without the orientation loss (it rounds the box), then stage 2 reshaping the mesh under
+    # the angle form of normal consistency with a vertex step scaled to the edge length.
+    "o0-a200": {"stage1": {"orientation_weight": [0.0, 0.0]}, "stage2": ANGLE_200},
+    "o0-a400": {"stage1": {"orientation_weight": [0.0, 0.0]}, "stage2": {**ANGLE_200, "normal_consistency_weight": 400.0}},
+    "o0-a200-500": {"stage1": {"orientation_weight": [0.0, 0.0]}, "stage2": {**ANGLE_200, "steps": 500}},
+    "o0-a200-lr0.2": {"stage1": {"orientation_weight": [0.0, 0.0]},
+                      "stage2": {**ANGLE_200, "offset_learning_rate_per_edge": 0.2}},
+    "o0-elev30-a200": {"stage1": {"orientation_weight": [0.0, 0.0], "elevation_no_front_deg": [-30.0, 55.0],
+                                  "cameras": {"elevation_deg": [-30.0, 55.0]}}, "stage2": ANGLE_200},
+    "o0-450-a200": {"stage1": {"orientation_weight": [0.0, 0.0], "steps": 450}, "stage2": ANGLE_200},
+    "o0.1-a200": {"stage1": {"orientation_weight": [0.1, 1.0]}, "stage2": ANGLE_200},
+    # ... and stalks and flaps opened out of the density before marching cubes.
+    "o0-open-a400": {"stage1": {"orientation_weight": [0.0, 0.0]}, "extract": {"opening_radius": 0.06},
+                     "stage2": {**ANGLE_200, "normal_consistency_weight": 400.0}},
+    "o0-open-a200": {"stage1": {"orientation_weight": [0.0, 0.0]}, "extract": {"opening_radius": 0.06},
+                     "stage2": ANGLE_200},
+}
+PROMPTS = ("a blue cube", "a red sphere")
+
+
+def run_one(variant: str, settings: dict, prompt: str, seed: int, out: Path, sizes: dict) -> dict:
+    job = out / f"{variant}__{prompt.replace(' ', '_')}__{seed}"
+    job.mkdir(parents=True, exist_ok=True)
+    merged = {"prompt": prompt, "seed": seed, "device": "cpu", "preview_every": 0, "checkpoint_every": 0, **sizes}
+    _merge(merged, settings)
+    (job / "job.json").write_text(json.dumps({"protocol": 1, "task": "generate", "output": "out",
+                                              "settings": merged}, indent=1))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    start = time.time()
+    process = subprocess.run([sys.executable, "-m", "engine", "run", str(job)], env=env, capture_output=True,
+                             text=True)
+    row = {"variant": variant, "prompt": prompt, "seed": seed, "wall_s": round(time.time() - start, 1),
+           "code": process.returncode}
+    if process.returncode != 0:
+        row["error"] = (process.stdout + process.stderr)[-600:]
+        return row
+    row.update(measure(job / "out"))
+    return row
+
+
+def measure(out: Path) -> dict:
+    from engine.judge.geometry import flat_share, load_closed_mesh, sphericity
+    from engine.judge.results import judge_result
+
+    verdict = judge_result(out)
+    mesh = load_closed_mesh(out / "mesh.glb")
+    return {"shape": verdict["shape"], "p_shape": round(max(_mean_probabilities(verdict).values()), 3),
+            "colour": verdict["colour"], "pattern": verdict["pattern"],
+            "sphericity": round(sphericity(mesh), 3), "flat": round(flat_share(mesh), 3),
+            "watertight": bool(mesh.is_watertight), "triangles": int(len(mesh.faces))}
+
+
+def _mean_probabilities(verdict: dict) -> dict:
+    views = verdict["views"]
+    names = views[0]["probabilities"]["shape"]
+    return {name: sum(v["probabilities"]["shape"][name] for v in views) / len(views) for name in names}
+
+
+def _merge(target: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def contact_sheet(out: Path, rows: list[dict]) -> None:
+    from PIL import Image
+
+    tiles = []
+    for row in rows:
+        path = out / f"{row['variant']}__{row['prompt'].replace(' ', '_')}__{row['seed']}" / "out" / "preview.png"
+        if path.is_file():
+            image = Image.open(path).convert("RGB")
+            tiles.append(image.crop((0, 0, image.width // 2, image.height // 2)).resize((256, 256)))
+    if not tiles:
+        return
+    columns = 4
+    sheet = Image.new("RGB", (256 * columns, 256 * ((len(tiles) + columns - 1) // columns)), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, (256 * (i % columns), 256 * (i // columns)))
+    sheet.save(out / "sheet.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "bench" / "out-bundled-generate"))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help="an extra variant: its settings as JSON")
+    parser.add_argument("--prompts", nargs="+", default=list(PROMPTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    parser.add_argument("--full-size", action="store_true",
+                        help="the CLI's mesh and texture sizes (default: the test's, 64^3 / 4000 triangles / 128 px)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # the judge runs in this process, beside the jobs
+
+    variants = {name: VARIANTS[name] for name in args.variants.split(",") if name}
+    for item in args.variant:
+        name, _, text = item.partition("=")
+        variants[name] = json.loads(text)
+    sizes = {} if args.full_size else {"texture_size": 128, "extract": {"resolution": 64, "target_triangles": 4000}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = [(name, settings, prompt, seed) for name, settings in variants.items() for prompt in args.prompts
+            for seed in args.seeds]
+    rows = []
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, open(out / "rows.jsonl", "a") as log:
+        futures = [pool.submit(run_one, *item, out, sizes) for item in work]
+        for future in concurrent.futures.as_completed(futures):
+            row = future.result()
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(json.dumps(row), flush=True)
+    order = {(name, prompt, seed): i for i, (name, _, prompt, seed) in enumerate(work)}
+    rows.sort(key=lambda r: order[(r["variant"], r["prompt"], r["seed"])])
+    contact_sheet(out, rows)
+    print("\n| variant | prompt | seed | judge shape (p) | colour | sphericity | flat | closed | wall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["code"] != 0:
+            print(f"| {r['variant']} | {r['prompt']} | {r['seed']} | failed (exit {r['code']}) | | | | | {r['wall_s']} s |")
+            continue
+        print(f"| {r['variant']} | {r['prompt']} | {r['seed']} | {r['shape']} ({r['p_shape']}) | {r['colour']} | "
+              f"{r['sphericity']} | {r['flat']} | {'yes' if r['watertight'] else 'no'} | {r['wall_s']} s |")
+
+
+if __name__ == "__main__":
+    main()
