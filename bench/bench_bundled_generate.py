@@ -34,6 +34,10 @@ VARIANTS: dict[str, dict] = {
     # Stage 2 reshaping the mesh under the angle form of normal consistency, with a vertex step
     # scaled to the edge length (so it holds at every mesh size).
     "a200": {"stage2": ANGLE_200},
+    # ... after a stage 1 that sees the object from below as often as from above: seen mostly from
+    # above, the cheapest density that looks like a box there is a bowl cut away underneath.
+    "elev55-a200": {"stage1": {"elevation_no_front_deg": [-55.0, 55.0], "cameras": {"elevation_deg": [-55.0, 55.0]}},
+                    "stage2": ANGLE_200},
     # Stage 1 without the orientation loss (it rounds the box), then stage 2 reshaping the mesh under
     # the angle form of normal consistency with a vertex step scaled to the edge length.
     "o0-a200": {"stage1": {"orientation_weight": [0.0, 0.0]}, "stage2": ANGLE_200},
