@@ -286,7 +286,8 @@ def test_bundled_preset_fills_only_settings_left_at_paper_defaults():
     assert config.stage1.steps == 50 and config.stage1.cameras.fovy_deg == (30.0, 40.0)  # given: kept
     assert config.stage1.render_size == 32 and config.stage1.cameras.distance == (2.5, 3.3)
     assert (config.stage1.guidance.w2_start, config.stage2.guidance.w2_end) == (0.5, 0.0)
-    assert config.extract.threshold == 2.5 and config.stage2.steps == 100
+    assert config.extract.threshold == 2.5 and config.stage2.steps == 300
+    assert (config.stage2.normal_consistency, config.stage2.vertex_learning_rate(0.05)) == ("angle", 0.11 * 0.05)
 
     def real_model(config: GenerateJobConfig) -> GenerateJobConfig:
         config.stage1.prior.model, config.stage2.prior.model = "DeepFloyd/IF-I-XL-v1.0", "stabilityai/sd-2-1-base"
@@ -320,30 +321,29 @@ def nearest_colour(texture: np.ndarray) -> str:
 @bundled
 @pytest.mark.parametrize("prompt, shape, colour", [("a red sphere", "sphere", "red"), ("a blue cube", "cube", "blue")])
 def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, tmp_path):
-    """The CLI's `generate --model bundled` settings (the preset in generate_config.py), with a
-    smaller mesh and texture; judged by engine.judge and the mesh's sphericity."""
+    """`generate --model bundled` exactly as the CLI runs it (the preset in generate_config.py, its
+    10,000-triangle mesh and 512 px texture); judged by engine.judge and the mesh's shape measures."""
     from PIL import Image
 
     from engine.judge.geometry import flat_share, load_closed_mesh, sphericity
     from engine.judge.results import judge_result
 
-    config = GenerateJobConfig(prompt=prompt, out=str(tmp_path), device="cpu", texture_size=128, preview_every=0,
-                               checkpoint_every=0)
-    config.extract.resolution, config.extract.target_triangles = 64, 4000
+    config = GenerateJobConfig(prompt=prompt, out=str(tmp_path), device="cpu", preview_every=0, checkpoint_every=0)
     code, result = run_job(config)
     assert code == 0, result["error"]
-    assert (config.stage1.steps, config.stage1.render_size, config.stage2.steps) == (300, 32, 100)  # the preset
+    assert (config.stage1.steps, config.stage1.render_size, config.stage2.steps) == (300, 32, 300)  # the preset
+    assert (config.extract.resolution, config.extract.target_triangles) == (64, 10_000)
     verdict = judge_result(tmp_path)
     mesh = load_closed_mesh(tmp_path / result["outputs"]["glb"])
     assert mesh.is_watertight
     roundness, flat = sphericity(mesh), flat_share(mesh)
     assert verdict["shape"] == shape, (verdict["probabilities"]["shape"], roundness, flat)
-    # A ball measures >= 0.95 here and has no flat side; the cube's lumpy box 0.90 with 9% of its
-    # area on flat sides (a clean cube: 0.81 and 100%; docs/benchmarks.md).
+    # Measured (docs/benchmarks.md): the ball 0.99 with no flat side; the cube, seeds 0-3, 0.88-0.93
+    # with 11-17% of its area on flat sides (seed 0: 0.92, 17%; a clean cube: 0.81 and 100%).
     if shape == "sphere":
         assert roundness > 0.95 and flat < 0.02, (roundness, flat)
     else:
-        assert roundness < 0.92 and flat > 0.04, (roundness, flat)
+        assert roundness < 0.94 and flat > 0.1, (roundness, flat)
     assert verdict["colour"] == colour, verdict["colour_fractions"]
     texture = np.asarray(Image.open(tmp_path / result["outputs"]["texture"]).convert("RGB"))
     assert nearest_colour(texture) == colour
