@@ -19,12 +19,11 @@ The texture job does not use this: it captures its whole step (pipelines/texture
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from contextlib import ExitStack
 
 from .base import ControlImages, DiffusionPrior
 from .channels_last import nhwc_transformer_outputs, set_memory_format
