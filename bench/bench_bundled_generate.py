@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict] = {
     # cheapest density that looks like a box there is a bowl cut away underneath.
     "elev55": {"stage1": {"elevation_no_front_deg": [-55.0, 55.0], "cameras": {"elevation_deg": [-55.0, 55.0]}}},
     "stage1-600": {"stage1": {"steps": 600, "learning_rate": 5e-3}},
+    "a400": {"stage2": {"normal_consistency_weight": 400.0}},
+    "stage2-500": {"stage2": {"steps": 500}},
     "closeup": {"stage1": {"cameras": {"fovy_deg": [22.0, 32.0]}}},
 }
 PROMPTS = ("a blue cube", "a red sphere")
