@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from csd_blender.exchange.settings import deep_merge  # noqa: E402  (the add-on's job-settings merge)
+
 # Settings laid over the job's (job.json "settings", nested as GenerateJobConfig). The bundled preset
 # still fills every setting left at the paper's default, so a value equal to it has no effect.
 # The sweep of 2026-12-01 (docs/benchmarks.md) chose the preset's stage 2 and its 64^3 grid; these
@@ -55,8 +57,8 @@ PROMPTS = ("a blue cube", "a red sphere")
 def run_one(variant: str, settings: dict, prompt: str, seed: int, out: Path, sizes: dict) -> dict:
     job = out / f"{variant}__{prompt.replace(' ', '_')}__{seed}"
     job.mkdir(parents=True, exist_ok=True)
-    merged = {"prompt": prompt, "seed": seed, "device": "cpu", "preview_every": 0, "checkpoint_every": 0, **sizes}
-    _merge(merged, settings)
+    merged = deep_merge({"prompt": prompt, "seed": seed, "device": "cpu", "preview_every": 0, "checkpoint_every": 0,
+                         **sizes}, settings)
     (job / "job.json").write_text(json.dumps({"protocol": 1, "task": "generate", "output": "out",
                                               "settings": merged}, indent=1))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -78,24 +80,10 @@ def measure(out: Path) -> dict:
 
     verdict = judge_result(out)
     mesh = load_closed_mesh(out / "mesh.glb")
-    return {"shape": verdict["shape"], "p_shape": round(max(_mean_probabilities(verdict).values()), 3),
+    return {"shape": verdict["shape"], "p_shape": round(max(verdict["probabilities"]["shape"].values()), 3),
             "colour": verdict["colour"], "pattern": verdict["pattern"],
             "sphericity": round(sphericity(mesh), 3), "flat": round(flat_share(mesh), 3),
             "watertight": bool(mesh.is_watertight), "triangles": int(len(mesh.faces))}
-
-
-def _mean_probabilities(verdict: dict) -> dict:
-    views = verdict["views"]
-    names = views[0]["probabilities"]["shape"]
-    return {name: sum(v["probabilities"]["shape"][name] for v in views) / len(views) for name in names}
-
-
-def _merge(target: dict, extra: dict) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
 
 
 def contact_sheet(out: Path, rows: list[dict]) -> None:

@@ -250,9 +250,11 @@ def stage2_step(mesh: RefinableMesh, prior, embeddings: torch.Tensor, size: int,
     from engine.prior.channels_last import set_memory_format
     from engine.prior.vae_encoding import FastVaeEncoder
 
-    encoder = FastVaeEncoder(prior)
-    if not fast_vae:
+    if fast_vae:
+        encode = FastVaeEncoder(prior).encode
+    else:
         set_memory_format([prior.vae], False)
+        encode = prior.images_to_model_input
 
     guidance = GuidanceConfig(w2_start=1.0, w2_end=0.5, w2_anneal_steps=5000)
     original = gbuffer.rasterize
@@ -265,8 +267,7 @@ def stage2_step(mesh: RefinableMesh, prior, embeddings: torch.Tensor, size: int,
             view, albedo = mesh.render(cameras, size)
             image = shade(albedo, view.normal, view.mask, sample_lighting(cameras, generator),
                           torch.ones(1, 3, device=device))
-            x = encoder.encode(image.permute(0, 3, 1, 2)) if fast_vae else prior.images_to_model_input(
-                image.permute(0, 3, 1, 2))
+            x = encode(image.permute(0, 3, 1, 2))
             loss = (score_distillation_loss(prior, x, embeddings, guidance, 100, generator).loss
                     + 1000.0 * mesh.normal_consistency())
             optimizer.zero_grad(set_to_none=True)

@@ -11,11 +11,13 @@ and Transformer2DModel's output, which it copies into NCHW before the residual a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import Tensor
 
+from .elementwise_triton import fused_elementwise
+from .group_norm_triton import triton_group_norms
 from .patching import replaced_methods
 
 
@@ -48,4 +50,15 @@ def nhwc_transformer_outputs(*modules: torch.nn.Module) -> Iterator[None]:
         return nhwc_output
     with replaced_methods((block, "_get_output_for_continuous_inputs", output(block))
                           for block in _transformer_blocks(modules)):
+        yield
+
+
+@contextmanager
+def nhwc_kernels(*modules: torch.nn.Module) -> Iterator[None]:
+    """While active, `modules` (with NHWC weights) keep NHWC end to end: the channels-last Triton
+    GroupNorm, transformer outputs left NHWC, and the fused conv-bias and GEGLU kernels."""
+    with ExitStack() as stack:
+        stack.enter_context(triton_group_norms(*modules))
+        stack.enter_context(nhwc_transformer_outputs(*modules))
+        stack.enter_context(fused_elementwise(*modules))
         yield

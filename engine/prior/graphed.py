@@ -19,15 +19,13 @@ The texture job does not use this: it captures its whole step (pipelines/texture
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .base import ControlImages, DiffusionPrior
-from .channels_last import nhwc_transformer_outputs, set_memory_format
-from .elementwise_triton import fused_elementwise
+from .channels_last import nhwc_kernels, set_memory_format
 from .group_norm_triton import triton_available, triton_group_norms
 
 WARMUP_CALLS = 2  # on a side stream before capture: lazy cuBLAS/cuDNN handles and workspaces
@@ -89,11 +87,7 @@ class GraphedNoisePrediction:
         static = [noisy.clone(memory_format=layout), timesteps.clone(), embeddings.clone()]
         device = noisy.device
         unet = getattr(self.prior, "unet", None)
-        with ExitStack() as stack:
-            stack.enter_context(triton_group_norms(unet))
-            if self.channels_last:
-                stack.enter_context(nhwc_transformer_outputs(unet))
-                stack.enter_context(fused_elementwise(unet))
+        with nhwc_kernels(unet) if self.channels_last else triton_group_norms(unet):
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):

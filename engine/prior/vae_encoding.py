@@ -10,16 +10,15 @@ and the single-head 512-wide attention through SDPA's math kernels in half preci
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .base import DiffusionPrior
-from .channels_last import set_memory_format
-from .elementwise_triton import fused_elementwise
-from .group_norm_triton import triton_available, triton_group_norms
+from .channels_last import nhwc_kernels, set_memory_format
+from .group_norm_triton import triton_available
 
 
 @contextmanager
@@ -50,8 +49,5 @@ class FastVaeEncoder:
     def encode(self, images: Tensor) -> Tensor:
         if not self.enabled:
             return self.prior.images_to_model_input(images)
-        with ExitStack() as stack:
-            stack.enter_context(triton_group_norms(self.vae))
-            stack.enter_context(fused_elementwise(self.vae))
-            stack.enter_context(half_precision_math_attention())
+        with nhwc_kernels(self.vae), half_precision_math_attention():
             return self.prior.images_to_model_input(images.contiguous(memory_format=torch.channels_last))
