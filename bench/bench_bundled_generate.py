@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from csd_blender.exchange.settings import deep_merge  # noqa: E402  (the add-on's job-settings merge)
 
-# Settings laid over the job's (job.json "settings", nested as GenerateJobConfig). The bundled preset
-# still fills every setting left at the paper's default, so a value equal to it has no effect.
+# Settings laid over the job's (job.json "settings", nested as GenerateJobConfig), and so over the
+# bundled preset the job starts from.
 # The sweep of 2026-12-01 (docs/benchmarks.md) chose the preset's stage 2 and its 64^3 grid; these
 # are its other variants, each against today's preset.
 VARIANTS: dict[str, dict] = {

@@ -279,22 +279,30 @@ def test_bad_settings_end_in_bad_input(tiny_prior, tmp_path):
         config.validate()
 
 
-def test_bundled_preset_fills_only_settings_left_at_paper_defaults():
-    config = GenerateJobConfig(prompt="a blue cube", out="x")  # both stages bundled by default
-    config.stage1.steps, config.stage1.cameras.fovy_deg = 50, (30.0, 40.0)
-    config.resolve_defaults()
-    assert config.stage1.steps == 50 and config.stage1.cameras.fovy_deg == (30.0, 40.0)  # given: kept
-    assert config.stage1.render_size == 32 and config.stage1.cameras.distance == (2.5, 3.3)
+def test_bundled_preset_lies_under_the_settings_given():
+    from engine.pipelines.generate_config import generate_config_from_job
+
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser)
+    # Given values win, the paper's own values among them (10000 steps, 64 px renders).
+    config = generate_config_from_args(parser.parse_args(
+        ["--prompt", "a blue cube", "--out", "x", "--steps1", "50", "--render-size1", "64"]))
+    assert (config.stage1.steps, config.stage1.render_size) == (50, 64)
+    assert config.stage1.cameras.distance == (2.5, 3.3) and config.stage2.steps == 300  # the preset
     assert (config.stage1.guidance.w2_start, config.stage2.guidance.w2_end) == (0.5, 0.0)
-    assert config.extract.threshold == 2.5 and config.stage2.steps == 300
+    assert config.extract.threshold == 2.5
     assert (config.stage2.normal_consistency, config.stage2.vertex_learning_rate(0.05)) == ("angle", 0.11 * 0.05)
-
-    def real_model(config: GenerateJobConfig) -> GenerateJobConfig:
-        config.stage1.prior.model, config.stage2.prior.model = "DeepFloyd/IF-I-XL-v1.0", "stabilityai/sd-2-1-base"
-        return config
-
-    assert to_dict(real_model(GenerateJobConfig(prompt="a corgi", out="x")).resolve_defaults()) == \
-        to_dict(real_model(GenerateJobConfig(prompt="a corgi", out="x")))
+    from_job = generate_config_from_job({"prompt": "a blue cube", "stage1": {"steps": 10_000, "batch_size_no_front": 4},
+                                         "stage2": {"normal_consistency": "cosine"}}, Path("x"))
+    assert (from_job.stage1.steps, from_job.stage1.batch_size_no_front) == (10_000, 4)
+    assert from_job.stage2.normal_consistency == "cosine" and from_job.stage1.render_size == 32
+    # A stage guided by another prior starts from the paper's settings.
+    real = {"stage1": {"prior": {"model": "DeepFloyd/IF-I-XL-v1.0"}}, "stage2": {"prior": {"model": "sd-2-1-base"}}}
+    paper = GenerateJobConfig(prompt="a corgi", out="x")
+    paper.stage1.prior.model, paper.stage2.prior.model = "DeepFloyd/IF-I-XL-v1.0", "sd-2-1-base"
+    assert to_dict(generate_config_from_job({"prompt": "a corgi", **real}, Path("x"))) == to_dict(paper)
+    mixed = generate_config_from_job({"prompt": "a corgi", "stage2": real["stage2"]}, Path("x"))
+    assert mixed.stage1.render_size == 32 and mixed.stage2.steps == paper.stage2.steps
 
 
 def test_perp_neg_auto_skips_prompts_without_a_front():
@@ -328,7 +336,11 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
     from engine.judge.geometry import flat_share, load_closed_mesh, sphericity
     from engine.judge.results import judge_result
 
-    config = GenerateJobConfig(prompt=prompt, out=str(tmp_path), device="cpu", preview_every=0, checkpoint_every=0)
+    parser = argparse.ArgumentParser()
+    add_generate_arguments(parser)
+    config = generate_config_from_args(parser.parse_args(
+        ["--prompt", prompt, "--model", "bundled", "--out", str(tmp_path), "--device", "cpu", "--preview-every", "0",
+         "--checkpoint-every", "0"]))
     code, result = run_job(config)
     assert code == 0, result["error"]
     assert (config.stage1.steps, config.stage1.render_size, config.stage2.steps) == (300, 32, 300)  # the preset

@@ -112,23 +112,31 @@ def texture_settings(scene: dict, prefs: dict, extra_cameras: list | None = None
 def generate_settings(scene: dict, prefs: dict) -> dict:
     """Settings for a generate job (GenerateJobConfig: stage1 = NeRF, stage2 = refinement)."""
     quality = scene.get("quality", "STANDARD")
+    models = (prefs.get("generate_model") or BUNDLED, prefs.get("generate_refine_model") or BUNDLED)
     if quality == "CUSTOM":
-        steps1, steps2 = int(scene["generate_steps"]), int(scene["refine_steps"])
+        steps = [int(scene["generate_steps"]), int(scene["refine_steps"])]
         texture_size = int(scene["texture_size"])
     else:
         preset = PRESETS[quality]
-        steps1, steps2, texture_size = preset.stage1_steps, preset.stage2_steps, preset.texture_size
-    stage1 = {"steps": steps1, "prior": _prior(prefs.get("generate_model") or BUNDLED, prefs)}
-    stage2 = {"steps": steps2, "prior": _prior(prefs.get("generate_refine_model") or BUNDLED, prefs)}
+        # A stage on the bundled prior keeps the engine's bundled preset (its steps belong with its
+        # learning rates and schedules), so the panel makes the asset `generate --model bundled` makes.
+        steps = [None if model == BUNDLED else count
+                 for model, count in zip(models, (preset.stage1_steps, preset.stage2_steps))]
+        texture_size = preset.texture_size
+    stages = [{"prior": _prior(model, prefs)} for model in models]
+    for stage, count in zip(stages, steps):
+        if count is not None:
+            stage["steps"] = count
     settings = {
         "prompt": scene["prompt"].strip(),
         "seed": int(scene.get("seed", 0)),
         "device": str(prefs.get("device", "auto")).lower(),
         "texture_size": texture_size,
-        "preview_every": _preview_every(steps1 + steps2),
-        "stage1": stage1,
-        "stage2": stage2,
+        "stage1": stages[0],
+        "stage2": stages[1],
     }
+    if None not in steps:
+        settings["preview_every"] = _preview_every(sum(steps))
     negative = scene.get("negative_prompt")
     if negative is not None and negative.strip():
         settings["negative_prompt"] = negative.strip()

@@ -35,7 +35,7 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 # The bundled prior (training/bundled_prior) is a 32-px model of a small world, meant for CPUs.
 # The paper's settings are for DeepFloyd IF / Stable Diffusion; with this prior they make a grey
 # ball (measured: docs/benchmarks.md, "Generate with the bundled prior"). These replace them in each
-# stage guided by the bundled prior, wherever a setting is still at the paper's default:
+# stage guided by the bundled prior, under the settings the user gives (GenerateJobConfig.defaults_for):
 #   - cameras, lighting and background as in the prior's training renders (world.json): it knows
 #     objects only as framed, lit and set on solid colours there;
 #   - no geometry-only renders: grey shaded objects are "gray" objects in its world;
@@ -237,20 +237,23 @@ class GenerateJobConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     stage2: RefineStageConfig = field(default_factory=RefineStageConfig)
 
-    def resolve_defaults(self) -> "GenerateJobConfig":
-        """The bundled prior's preset over the settings still at their paper defaults (so a value
-        given explicitly wins, unless it equals the paper's default)."""
-        defaults = GenerateJobConfig(prompt=self.prompt, out=self.out)
-        if self.stage1.prior.model == BUNDLED_MODEL:
-            _overlay(self.stage1, defaults.stage1, BUNDLED_PRESET_STAGE1)
-            _overlay(self.extract, defaults.extract, BUNDLED_PRESET_EXTRACT)
-            _overlay(self, defaults, BUNDLED_PRESET_JOB)
-        if self.stage2.prior.model == BUNDLED_MODEL:
-            _overlay(self.stage2, defaults.stage2, BUNDLED_PRESET_STAGE2)
-        return self
+    @classmethod
+    def defaults_for(cls, prompt: str, out: str, stage1_model: str = BUNDLED_MODEL,
+                     stage2_model: str = BUNDLED_MODEL) -> "GenerateJobConfig":
+        """The settings a run starts from before the user's own are laid over them: the paper's,
+        with the bundled prior's preset for each stage that uses it. Laying the preset under the
+        user's settings (not over the ones still at a default) lets a user ask for a paper value."""
+        config = cls(prompt=prompt, out=out)
+        config.stage1.prior.model, config.stage2.prior.model = stage1_model, stage2_model
+        if stage1_model == BUNDLED_MODEL:
+            update_from_dict(config.stage1, BUNDLED_PRESET_STAGE1, "preset.stage1")
+            update_from_dict(config.extract, BUNDLED_PRESET_EXTRACT, "preset.extract")
+            update_from_dict(config, BUNDLED_PRESET_JOB, "preset")
+        if stage2_model == BUNDLED_MODEL:
+            update_from_dict(config.stage2, BUNDLED_PRESET_STAGE2, "preset.stage2")
+        return config
 
     def validate(self) -> None:
-        self.resolve_defaults()
         validate_prompt(self.prompt)
         validate_common(1, 64, self.seed, self.device)
         validate_size("texture_size", self.texture_size, 16, 8192)
@@ -271,14 +274,6 @@ class GenerateJobConfig:
             return self.stage1.perp_neg == "on"
         words = self.prompt.lower().replace(",", " ").split()
         return not any(word.rstrip("s") in NO_FRONT_WORDS or word in NO_FRONT_WORDS for word in words)
-
-
-def _overlay(target, defaults, preset: dict) -> None:
-    for key, value in preset.items():
-        if isinstance(value, dict):
-            _overlay(getattr(target, key), getattr(defaults, key), value)
-        elif getattr(target, key) == getattr(defaults, key):
-            setattr(target, key, value)
 
 
 def _check_positive(config, *names: str) -> None:
@@ -352,7 +347,8 @@ def generate_config_from_args(args: argparse.Namespace) -> GenerateJobConfig:
         if args.prompt is None or args.out is None:
             raise BadInputError("generate needs --prompt and --out (or --resume DIR).",
                                 "Example: python -m engine generate --prompt \"a blue cube\" --out out/")
-        config = GenerateJobConfig(prompt=args.prompt, out=args.out)
+        config = GenerateJobConfig.defaults_for(args.prompt, args.out, args.stage1_model or args.model or BUNDLED_MODEL,
+                                                args.stage2_model or args.model or BUNDLED_MODEL)
     _set(config, "negative_prompt", args.negative_prompt)
     for stage, model in ((config.stage1, args.stage1_model or args.model), (config.stage2, args.stage2_model or args.model)):
         _set(stage.prior, "model", model)
@@ -383,7 +379,15 @@ def generate_config_from_job(settings: dict, out: Path) -> GenerateJobConfig:
     if settings.get("resume"):
         config = load_saved_config(out)
         return update_from_dict(config, {k: v for k, v in settings.items() if k != "prompt"})
-    return update_from_dict(GenerateJobConfig(prompt="", out=str(out)), settings)
+    models = [_prior_model(settings, stage) for stage in ("stage1", "stage2")]
+    return update_from_dict(GenerateJobConfig.defaults_for("", str(out), *models), settings)
+
+
+def _prior_model(settings: dict, stage: str) -> str:
+    """The prior a job.json asks for in one stage (shape errors are left to update_from_dict)."""
+    prior = settings.get(stage, {}).get("prior", {}) if isinstance(settings.get(stage), dict) else {}
+    model = prior.get("model", BUNDLED_MODEL) if isinstance(prior, dict) else BUNDLED_MODEL
+    return model if isinstance(model, str) else BUNDLED_MODEL
 
 
 def save_config(config: GenerateJobConfig, out: Path) -> str:

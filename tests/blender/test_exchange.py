@@ -78,7 +78,10 @@ def test_settings_follow_engine_names():
     assert tex["prior"] == {"model": "bundled", "allow_download": False, "controlnets": ["auto"]}
     assert tex["guidance"]["t_max"] == 0.6 and tex["guidance"]["w1"] == 1.0
     gen = settings.generate_settings(scene, prefs)
-    assert set(gen) >= {"prompt", "stage1", "stage2"} and gen["stage1"]["steps"] == 2000
+    assert set(gen) >= {"prompt", "stage1", "stage2"}
+    assert "steps" not in gen["stage1"] and "preview_every" not in gen  # the engine's bundled preset decides
+    gen = settings.generate_settings(scene, {**prefs, "generate_model": "DeepFloyd/IF-I-XL-v1.0"})
+    assert gen["stage1"]["steps"] == 2000 and "steps" not in gen["stage2"]
     edit = settings.edit_settings(scene, prefs)
     assert edit["guidance"] == {"mode": "csd", "w1": 1.0, "w2_start": 0.25, "w2_end": 0.25}
 
