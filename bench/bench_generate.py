@@ -244,7 +244,7 @@ def stage1_step(model: NerfModel, prior, embeddings: torch.Tensor, perp_neg: boo
 
 
 def stage2_step(mesh: RefinableMesh, prior, embeddings: torch.Tensor, size: int, optimizer,
-                generator: torch.Generator, device, backend: str, fast_vae: bool = True):
+                generator: torch.Generator, device, backend: str, fast_vae: bool = True, antialias: bool = True):
     import engine.render.gbuffer as gbuffer
 
     from engine.prior.channels_last import set_memory_format
@@ -267,6 +267,8 @@ def stage2_step(mesh: RefinableMesh, prior, embeddings: torch.Tensor, size: int,
             view, albedo = mesh.render(cameras, size)
             image = shade(albedo, view.normal, view.mask, sample_lighting(cameras, generator),
                           torch.ones(1, 3, device=device))
+            if antialias:
+                image = mesh.antialias(image, view)
             x = encode(image.permute(0, 3, 1, 2))
             loss = (score_distillation_loss(prior, x, embeddings, guidance, 100, generator).loss
                     + 1000.0 * mesh.normal_consistency())
@@ -513,7 +515,8 @@ def main() -> None:
 
     header["rasterizer"] = "nvdiffrast" if device.type == "cuda" and nvdiffrast_available() else "PyTorch"
 
-    def stage2_row(naive: bool, compiled: bool = False, nhwc: bool = True, fast_vae: bool = True):
+    def stage2_row(naive: bool, compiled: bool = False, nhwc: bool = True, fast_vae: bool = True,
+                   antialias: bool = True):
         def measure():
             use_cuda_graphs(prior, not naive and not compiled, nhwc)
             mesh = RefinableMesh(positions, triangles, grid).to(device)
@@ -526,12 +529,14 @@ def main() -> None:
             optimizer = torch.optim.Adam([{"params": mesh.texture.parameters(), "lr": 1e-3},
                                           {"params": [mesh.offsets], "lr": 1e-4}], eps=1e-15)
             step = stage2_step(mesh, prior, embeddings2, size2, optimizer, generator, device,
-                               "torch" if naive else "auto", fast_vae and not naive)
+                               "torch" if naive else "auto", fast_vae and not naive, antialias)
             return timed(step, naive_iterations if naive else iterations, naive_warmup if naive else warmup, device)
         return measure
 
     rec.run("stage 2 naive", stage2_row(True), "PyTorch rasterizer")
     rec.run("stage 2 ours", stage2_row(False), "UNet call replayed from a CUDA graph")
+    rec.run("stage 2 ours, no antialiasing", stage2_row(False, antialias=False),
+            "silhouettes without gradients (stage2.antialias false)")
     rec.run("stage 2 ours, plain VAE encoder", stage2_row(False, fast_vae=False),
             "the VAE encoder NCHW with PyTorch's GroupNorm and attention kernels")
     rec.run("stage 2 ours, NCHW UNet", stage2_row(False, nhwc=False, fast_vae=False),

@@ -367,3 +367,63 @@ def test_shading_and_lighting() -> None:
     assert torch.allclose(shade(albedo, normal, mask, away, background)[mask], 0.6 * albedo[mask])
     lit.sum().backward()
     assert torch.equal(albedo.grad[0, ..., 0] > 0, mask[0])
+
+
+# ----------------------------------------------------------------------------- silhouette antialiasing
+
+
+def test_edge_neighbours_pair_up_the_faces_of_a_closed_mesh() -> None:
+    from engine.render.antialias import edge_neighbours
+
+    _, triangles = sphere(6)
+    neighbours = edge_neighbours(triangles)
+    assert (neighbours >= 0).all()
+    for face in range(triangles.shape[0]):
+        for k in range(3):
+            other = int(neighbours[face, k])
+            edge = {int(triangles[face, k]), int(triangles[face, (k + 1) % 3])}
+            assert edge <= set(triangles[other].tolist()) and other != face
+    _, open_square = quad(0.0, 0.4)
+    assert (edge_neighbours(open_square) < 0).sum() == 4  # the square's outline
+
+
+def square_coverage(scale: torch.Tensor, size: int, antialiased: bool) -> torch.Tensor:
+    from engine.render.antialias import antialias
+
+    positions, triangles = quad(0.0, 0.3)
+    # Turned 20 degrees about the view axis, so that its sides are neither rows nor columns.
+    turn = torch.tensor([[math.cos(0.35), -math.sin(0.35), 0.0], [math.sin(0.35), math.cos(0.35), 0.0],
+                         [0.0, 0.0, 1.0]], dtype=torch.float64)
+    view = render_gbuffer(positions.double() @ turn.T * scale, triangles, orbit_cameras(90.0, 0.0, 3.0, 40.0), size,
+                          backend="torch")
+    image = view.mask[..., None].double().expand(-1, -1, -1, 3)
+    return (antialias(image, view) if antialiased else image).mean()
+
+
+def test_antialias_gives_the_outline_a_gradient_of_the_right_size() -> None:
+    scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    assert not square_coverage(scale, 48, antialiased=False).requires_grad  # a plain rasterizer's outline has none
+    covered = square_coverage(scale, 48, antialiased=True)
+    covered.backward()
+    # The true coverage, from fine renders: the area grows as scale^2.
+    fine = [square_coverage(torch.tensor(s, dtype=torch.float64), 512, antialiased=False).item() for s in (0.98, 1.02)]
+    exact_gradient = (fine[1] - fine[0]) / 0.04
+    assert abs(scale.grad.item() - exact_gradient) < 0.1 * exact_gradient
+    assert abs(covered.item() - sum(fine) / 2) < 0.02 * covered.item()
+
+
+def test_antialias_changes_only_pixels_next_to_a_silhouette() -> None:
+    from engine.render.antialias import antialias
+
+    positions, triangles = sphere(12)
+    cameras = orbit_cameras(torch.tensor([10.0, 50.0]), torch.tensor([0.0, 130.0]), 2.5, 40.0)
+    view = render_gbuffer(positions, triangles, cameras, 40, backend="torch")
+    image = torch.rand(2, 40, 40, 3, generator=torch.Generator().manual_seed(0))
+    changed = (antialias(image, view) - image).abs().amax(dim=-1) > 0
+    inside = view.mask.clone()
+    for shift in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        inside &= torch.roll(view.mask, shifts=shift, dims=(1, 2))
+    assert changed.any()
+    # Edges between two faces that both face the camera are not silhouettes: the sphere's inside stays.
+    assert not (changed & inside).any()
+    assert changed[~view.mask].any() and changed[view.mask].any()  # both sides of the outline blend

@@ -3,7 +3,8 @@ its surface (the texture job's TextureField), rendered by rasterisation.
 
 Gradients reach the vertices through the differentiable barycentrics: the surface point of
 each pixel (where the albedo field is queried) and the interpolated normals (shading and
-normal renders) are functions of the vertex positions.
+normal renders) are functions of the vertex positions. The outline moves only through
+`antialias` (engine/render/antialias.py), applied to the finished image.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from ..config import HashGridConfig
 from ..field.texture_field import TextureField
+from ..render.antialias import antialias, edge_neighbours
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer, render_gbuffer
 from .losses import face_adjacency, laplacian_loss, normal_consistency, unique_edges
@@ -30,9 +32,16 @@ class RefinableMesh(torch.nn.Module):
         self.register_buffer("edges", torch.as_tensor(unique_edges(triangles)))
         self.offsets = torch.nn.Parameter(torch.zeros_like(self.base))
         self.texture = TextureField(hash_grid, seed=seed)
+        self._edge_neighbours: Tensor | None = None  # derived from the triangles, so not in the state
 
     def positions(self) -> Tensor:
         return self.base + self.offsets
+
+    def antialias(self, image: Tensor, view: GBuffer) -> Tensor:
+        """`image` (B, H, W, C), rendered from `view` of this mesh, with gradients at its silhouettes."""
+        if self._edge_neighbours is None or self._edge_neighbours.device != self.triangles.device:
+            self._edge_neighbours = edge_neighbours(self.triangles)
+        return antialias(image, view, self._edge_neighbours)
 
     def render(self, cameras: Cameras, size: int) -> tuple[GBuffer, Tensor]:
         """G-buffers of the current surface and its albedo (B, H, W, 3) (zero off the mask)."""

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from ..bake.bake import bake_texture
-from ..config import CameraConfig, update_from_dict
+from ..config import update_from_dict
 from ..errors import BadInputError
 from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
@@ -40,6 +40,7 @@ from ..render.cameras import sample_cameras
 from ..render.shading import sample_backgrounds, sample_lighting, shade
 from .edit import SOURCE_HINT, encode_edit_prompts, preservation_loss
 from .edit_config import EditJobConfig
+from .generate_config import RefineStageConfig
 from .texture import PreparedMesh, export_textured_mesh, optimise, save_corner_uvs, save_state
 
 STAGE2_STATE = "stage2.pt"  # engine/pipelines/generate.py's name for the refinement stage's state
@@ -72,11 +73,11 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
         settings = asset.state.get("settings", {})
         config.resolve_source_defaults({"stage2": settings}, asset.texture_size)
         config.hash_grid = asset.mesh.texture.field_config
-        cameras_config = update_from_dict(CameraConfig(), dict(settings.get("cameras", {})), "stage2.cameras")
-        normal_weight = float(settings.get("normal_consistency_weight", 1000.0))
-        laplacian_weight = float(settings.get("laplacian_weight", 0.0))
-        offset_lr = float(settings.get("offset_learning_rate", 1e-4))
+        # How the refinement ran (settings its state lacks, from older versions, are the defaults).
+        refine = update_from_dict(RefineStageConfig(), {k: v for k, v in settings.items() if k != "prior"}, "stage2")
+        cameras_config = refine.cameras
         mesh = asset.mesh.to(device)
+        offset_lr = refine.vertex_learning_rate(mesh.mean_edge_length())
         source_mesh = copy.deepcopy(mesh).requires_grad_(False)
         cancel.check()
 
@@ -95,15 +96,19 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
         background = sample_backgrounds(1, generator, device)
         view, albedo = mesh.render(cameras, config.render_size)
         rgb = shade(albedo, view.normal, view.mask, lighting, background)
+        if refine.antialias:
+            rgb = mesh.antialias(rgb, view)
         x = prior.images_to_model_input(rgb.permute(0, 3, 1, 2))
         loss = score_distillation_loss(prior, x, embeddings, config.guidance, step, generator).loss
-        loss = loss + normal_weight * mesh.normal_consistency()
-        if laplacian_weight:
-            loss = loss + laplacian_weight * mesh.laplacian()
+        loss = loss + refine.normal_consistency_weight * mesh.normal_consistency(refine.normal_consistency)
+        if refine.laplacian_weight:
+            loss = loss + refine.laplacian_weight * mesh.laplacian()
         if config.preserve_weight > 0:
             with torch.no_grad():
                 source_view, source_albedo = source_mesh.render(cameras, config.render_size)
                 reference = shade(source_albedo, source_view.normal, source_view.mask, lighting, background)
+                if refine.antialias:
+                    reference = source_mesh.antialias(reference, source_view)
             loss = loss + config.preserve_weight * preservation_loss(rgb, reference)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -392,6 +392,8 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
             else:
                 lit = float(torch.rand((), generator=generator)) < stage.lighting_prob
                 image = shade(albedo, view.normal, view.mask, lighting if lit else None, background)
+            if stage.antialias:
+                image = mesh.antialias(image, view)
             x = encoder.encode(image.permute(0, 3, 1, 2))
             distill = score_distillation_loss(prior, x, embeddings, guidance, step, generator)
             loss = distill.loss + stage.normal_consistency_weight * mesh.normal_consistency(stage.normal_consistency)

@@ -173,6 +173,9 @@ class RefineStageConfig:
     normal_consistency_weight: float = 1000.0  # released code; the paper says 10,000
     normal_consistency: str = "cosine"  # released code's 1 - cos; "angle": |n1 - n2| (engine/nerf/losses.py)
     laplacian_weight: float = 0.0  # optional uniform Laplacian (not in the paper's recipe)
+    # Silhouette gradients for the vertices (engine/render/antialias.py; the released code renders
+    # through nvdiffrast's antialias): without them the outline of the mesh cannot move.
+    antialias: bool = True
     start_fit_steps: int = 300  # regression of the albedo field onto the NeRF's colours before CSD (0: none)
     geometry_render: str = "shaded"
     geometry_render_prob: float = 0.5

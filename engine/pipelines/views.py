@@ -7,6 +7,8 @@ it is drawn, so they are computed on first use and kept.
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import torch
@@ -43,5 +45,6 @@ class ViewPool:
                 device = self.positions.device
                 control["depth"] = view.depth_image().permute(0, 3, 1, 2).expand(-1, 3, -1, -1).to(device)
                 control["canny"] = canny_edges(view.normal_image()).to(device)
-            self._views[index] = (view, control)
+            # Fixed geometry needs no antialiasing: drop the per-vertex clip positions it would keep.
+            self._views[index] = (dataclasses.replace(view, clip=None, triangles=None), control)
         return self._views[index]

@@ -24,7 +24,8 @@ DEPTH_IMAGE_FAR_VALUE = 0.2
 class GBuffer:
     """position (B, H, W, 3) in the unit box; normal (B, H, W, 3) unit world-space shading normal
     facing the camera; depth (B, H, W) view depth (0 where empty); mask (B, H, W) bool;
-    triangle_id (B, H, W) int64 (-1 where empty); cameras the views they were rendered from.
+    triangle_id (B, H, W) int64 (-1 where empty); cameras the views they were rendered from;
+    clip (B, V, 4) the corners' clip positions and triangles (F, 3), for `antialias`.
     """
 
     position: Tensor
@@ -33,6 +34,8 @@ class GBuffer:
     mask: Tensor
     triangle_id: Tensor
     cameras: Cameras
+    clip: Tensor | None = None
+    triangles: Tensor | None = None
 
     def normal_image(self) -> Tensor:
         """(B, H, W, 3) camera-space normals mapped to [0, 1] RGB (x right, y up, z towards the
@@ -101,4 +104,4 @@ def render_gbuffer(positions: Tensor, triangles: Tensor, cameras: Cameras, size:
         # Where neighbouring normals cancel out (e.g. thin two-sided sheets), keep the face normal.
         normal = torch.where(length > 1e-6, smooth / length.clamp_min(1e-6), pixel_face_normal)
     normal = normal * facing * mask[..., None]
-    return GBuffer(position, normal, rast.depth, mask, rast.triangle_id, cameras)
+    return GBuffer(position, normal, rast.depth, mask, rast.triangle_id, cameras, clip, triangles)

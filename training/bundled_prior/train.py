@@ -1,6 +1,6 @@
 """Train the bundled prior (a tiny text-to-image pixel diffusion model) on the attribute world.
 
-    python -m training.bundled_prior.train --out runs/prior [--steps N | --minutes M] [--seed 0]
+    python -m training.bundled_prior.train --out runs/prior [--steps N | --minutes M] [--seed 0] [--init WEIGHTS]
     python -m training.bundled_prior.export --weights runs/prior/prior_fp16.safetensors --out engine/prior/bundled
 
 The shipped weights: see training/bundled_prior/README.md (the exact command and its log).
@@ -99,6 +99,18 @@ def save_weights(path: Path, unet, text_encoder) -> None:
     save_file(tensors, str(path))
 
 
+def load_fp16_weights(path: Path) -> tuple[dict, dict]:
+    """The UNet's and the text encoder's state dicts, in fp32, from a run's file or the shipped folder."""
+    from safetensors.torch import load_file
+
+    if path.is_dir():
+        return ({k: v.float() for k, v in load_file(str(path / "unet" / "diffusion_pytorch_model.safetensors")).items()},
+                {k: v.float() for k, v in load_file(str(path / "text_encoder" / "model.safetensors")).items()})
+    tensors = load_file(str(path))
+    return ({k[len("unet."):]: v.float() for k, v in tensors.items() if k.startswith("unet.")},
+            {k[len("text_encoder."):]: v.float() for k, v in tensors.items() if k.startswith("text_encoder.")})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -119,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--sample-steps", type=int, default=100)
+    parser.add_argument("--init", default="",
+                        help="continue from these fp16 weights (a run's prior_fp16.safetensors, or the shipped "
+                             "engine/prior/bundled folder); the optimiser and the lr schedule start afresh")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -152,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     text_encoder = build_text_encoder(tokenizer.get_vocab_size()).to(device)
     ema_unet = build_unet().to(device)
     ema_text = build_text_encoder(tokenizer.get_vocab_size()).to(device)
+    if args.init:
+        unet_state, text_state = load_fp16_weights(Path(args.init))
+        unet.load_state_dict(unet_state)
+        text_encoder.load_state_dict(text_state)
+        log(f"initialised from {args.init}")
     ema_unet.load_state_dict(unet.state_dict())
     ema_text.load_state_dict(text_encoder.state_dict())
     ema_unet.requires_grad_(False)

@@ -1,0 +1,117 @@
+"""How strongly does the bundled prior call each shape the prompt? A probe of what CSD can reach.
+
+Each mesh (ideal shapes, and any exported assets given) is rendered in the prompt's colour from
+the prior's training cameras, lit and on random backgrounds, at 64 px and area-downsampled to
+the prior's 32 px, as its training images were. For noise levels t across the range, with the
+same noise for every mesh:
+  - classifier: mean over t of ||e(x_t, "") - eps||^2 - ||e(x_t, y) - eps||^2, a proxy of the
+    implicit classifier log p(y | x) whose gradient is CSD's (Eq. 7): higher = more "y";
+  - denoise: mean ||e(x_t, y) - eps||^2, the conditional denoising loss (lower = likelier under
+    p(x | y), up to how hard the image is to denoise at all).
+Prints a table, x 1000.
+
+    python bench/bench_prior_shape_scores.py --prompt "a blue cube" out/cube/mesh.glb
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.config import CameraConfig, PriorConfig  # noqa: E402
+from engine.judge.palette import PALETTE  # noqa: E402
+from engine.prior.load import load_prior  # noqa: E402
+from engine.render.cameras import sample_cameras  # noqa: E402
+from engine.render.gbuffer import render_gbuffer  # noqa: E402
+from engine.render.shading import sample_backgrounds, sample_lighting, shade  # noqa: E402
+
+
+def unit_box(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Centred, largest extent 1: how the prior's training world normalises its meshes."""
+    low, high = mesh.bounds
+    mesh = mesh.copy()
+    mesh.apply_translation(-(low + high) / 2)
+    mesh.apply_scale(1.0 / float((high - low).max()))
+    return mesh
+
+
+def ideal_shapes() -> dict[str, trimesh.Trimesh]:
+    frustum = trimesh.creation.box((1.0, 1.0, 1.0))
+    vertices = frustum.vertices.copy()
+    vertices[vertices[:, 2] < 0, :2] *= 0.7
+    frustum.vertices = vertices
+    return {
+        "cube": trimesh.creation.box((1.0, 1.0, 1.0)),
+        "cube turned 30 deg": trimesh.creation.box(
+            (1.0, 1.0, 1.0), transform=trimesh.transformations.rotation_matrix(np.radians(30.0), [0, 0, 1])),
+        "box narrower at the bottom (0.7)": frustum,
+        "sphere": trimesh.creation.icosphere(4),
+        "cylinder": trimesh.creation.cylinder(0.5, 1.0, sections=64),
+    }
+
+
+def load_asset(path: Path) -> trimesh.Trimesh:
+    mesh = trimesh.load(path, force="mesh")
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)
+    if path.suffix.lower() in (".glb", ".gltf"):  # glTF is Y-up; the engine's unit box is Z-up
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    return mesh
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("meshes", nargs="*", type=Path, help="exported assets (GLB / OBJ) to score beside the ideal shapes")
+    parser.add_argument("--prompt", default="a blue cube")
+    parser.add_argument("--views", type=int, default=64)
+    parser.add_argument("--noise-levels", type=int, default=12)
+    args = parser.parse_args(argv)
+
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(1)
+    prior = load_prior(PriorConfig(model="bundled"), torch.device("cpu"))
+    colour = next((word for word in args.prompt.lower().split() if word in PALETTE), "gray")
+    embeddings = prior.encode_prompts([args.prompt, ""])
+    world = CameraConfig(elevation_deg=(-15.0, 55.0), azimuth_deg=(-180.0, 180.0), distance=(2.5, 3.3),
+                         fovy_deg=(22.0, 46.0))
+    count = args.views
+    cameras = sample_cameras(world, count, torch.Generator().manual_seed(0))
+    lighting = sample_lighting(cameras, torch.Generator().manual_seed(1))
+    backgrounds = sample_backgrounds(count, torch.Generator().manual_seed(2), "cpu")
+    levels = torch.linspace(50, 900, args.noise_levels).long()
+    noise = torch.randn(len(levels), count, 3, prior.resolution, prior.resolution,
+                        generator=torch.Generator().manual_seed(3))
+    albedo = torch.tensor(PALETTE[colour], dtype=torch.float32)
+    meshes = {**ideal_shapes(), **{str(path): load_asset(path) for path in args.meshes}}
+
+    print(f"prompt {args.prompt!r}, {count} views, {len(levels)} noise levels (x 1000)")
+    print(f"| {'shape':40s} | classifier | denoise |")
+    print(f"|{'-' * 42}|------------|---------|")
+    for name, mesh in meshes.items():
+        mesh = unit_box(mesh)
+        view = render_gbuffer(torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces),
+                              cameras, 2 * prior.resolution, backend="torch")
+        image = shade(albedo.expand(count, *view.mask.shape[1:], 3), view.normal, view.mask, lighting, backgrounds)
+        x0 = prior.images_to_model_input(torch.nn.functional.avg_pool2d(image.permute(0, 3, 1, 2), 2))
+        classifier = denoise = 0.0
+        for level, eps in zip(levels, noise):
+            timesteps = level.repeat(count)
+            noisy = prior.add_noise(x0, eps, timesteps)
+            predicted = prior.predict_noise(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
+                                            embeddings.repeat_interleave(count, 0)).float()
+            conditional = ((predicted[:count] - eps) ** 2).mean(dim=(1, 2, 3))
+            unconditional = ((predicted[count:] - eps) ** 2).mean(dim=(1, 2, 3))
+            classifier += float((unconditional - conditional).mean())
+            denoise += float(conditional.mean())
+        print(f"| {name[-40:]:40s} | {1000 * classifier / len(levels):10.3f} | {1000 * denoise / len(levels):7.3f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
