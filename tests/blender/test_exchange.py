@@ -123,6 +123,31 @@ print("ok")
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr
 
 
+def test_generate_asset_with_the_bundled_prior_runs_the_clis_job():
+    """At every quality but Custom, the panel's job is `generate --model bundled` (the engine's preset)."""
+    engine_python = ROOT / ".venv" / "bin" / "python"
+    if not engine_python.exists():
+        pytest.skip("no engine venv")
+    payload = json.dumps([settings.generate_settings({"prompt": "a blue cube", "quality": quality},
+                                                     {"device": "cpu"}) for quality in ("DRAFT", "STANDARD", "HIGH")])
+    code = r"""
+import argparse, json, sys
+from pathlib import Path
+from engine.pipelines.generate_config import add_generate_arguments, generate_config_from_args, generate_config_from_job
+parser = argparse.ArgumentParser()
+add_generate_arguments(parser)
+cli = generate_config_from_args(parser.parse_args(["--prompt", "a blue cube", "--model", "bundled", "--out", "o"]))
+for job in json.loads(sys.argv[1]):
+    config = generate_config_from_job(job, Path("o"))
+    assert (config.stage1, config.extract, config.stage2) == (cli.stage1, cli.extract, cli.stage2), job
+print("ok")
+"""
+    import subprocess
+
+    run = subprocess.run([str(engine_python), "-c", code, payload], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr + run.stdout
+
+
 def test_job_folder_and_mesh(tmp_path):
     np = pytest.importorskip("numpy")
     root = tmp_path / "jobs ü"
