@@ -6,6 +6,8 @@ the prior's 32 px, as its training images were. For noise levels t across the ra
 same noise for every mesh:
   - classifier: mean over t of ||e(x_t, "") - eps||^2 - ||e(x_t, y) - eps||^2, a proxy of the
     implicit classifier log p(y | x) whose gradient is CSD's (Eq. 7): higher = more "y";
+  - negative: the same proxy for the negative prompt (the default one), which CSD moves away from;
+  - csd: classifier - w2 * negative, the objective whose gradient is Eq. 10's at that w2;
   - denoise: mean ||e(x_t, y) - eps||^2, the conditional denoising loss (lower = likelier under
     p(x | y), up to how hard the image is to denoise at all).
 Prints a table, x 1000.
@@ -25,7 +27,7 @@ import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.config import CameraConfig, PriorConfig  # noqa: E402
+from engine.config import DEFAULT_NEGATIVE_PROMPT, CameraConfig, PriorConfig  # noqa: E402
 from engine.judge.palette import PALETTE  # noqa: E402
 from engine.prior.load import load_prior  # noqa: E402
 from engine.render.cameras import sample_cameras  # noqa: E402
@@ -71,13 +73,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", default="a blue cube")
     parser.add_argument("--views", type=int, default=64)
     parser.add_argument("--noise-levels", type=int, default=12)
+    parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    parser.add_argument("--w2", type=float, default=0.5, help="negative weight of the csd column (the bundled "
+                                                                 "preset's stage 1)")
     args = parser.parse_args(argv)
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
     prior = load_prior(PriorConfig(model="bundled"), torch.device("cpu"))
     colour = next((word for word in args.prompt.lower().split() if word in PALETTE), "gray")
-    embeddings = prior.encode_prompts([args.prompt, ""])
+    embeddings = prior.encode_prompts([args.prompt, "", args.negative_prompt])
     world = CameraConfig(elevation_deg=(-15.0, 55.0), azimuth_deg=(-180.0, 180.0), distance=(2.5, 3.3),
                          fovy_deg=(22.0, 46.0))
     count = args.views
@@ -91,26 +96,27 @@ def main(argv: list[str] | None = None) -> None:
     meshes = {**ideal_shapes(), **{str(path): load_asset(path) for path in args.meshes}}
 
     print(f"prompt {args.prompt!r}, {count} views, {len(levels)} noise levels (x 1000)")
-    print(f"| {'shape':40s} | classifier | denoise |")
-    print(f"|{'-' * 42}|------------|---------|")
+    print(f"| {'shape':40s} | classifier | negative | csd (w2 {args.w2:g}) | denoise |")
+    print(f"|{'-' * 42}|------------|----------|{'-' * 15}|---------|")
     for name, mesh in meshes.items():
         mesh = unit_box(mesh)
         view = render_gbuffer(torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces),
                               cameras, 2 * prior.resolution, backend="torch")
         image = shade(albedo.expand(count, *view.mask.shape[1:], 3), view.normal, view.mask, lighting, backgrounds)
         x0 = prior.images_to_model_input(torch.nn.functional.avg_pool2d(image.permute(0, 3, 1, 2), 2))
-        classifier = denoise = 0.0
+        classifier = negative = denoise = 0.0
         for level, eps in zip(levels, noise):
             timesteps = level.repeat(count)
             noisy = prior.add_noise(x0, eps, timesteps)
-            predicted = prior.predict_noise(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
+            predicted = prior.predict_noise(torch.cat([noisy] * 3), timesteps.repeat(3),
                                             embeddings.repeat_interleave(count, 0)).float()
-            conditional = ((predicted[:count] - eps) ** 2).mean(dim=(1, 2, 3))
-            unconditional = ((predicted[count:] - eps) ** 2).mean(dim=(1, 2, 3))
-            classifier += float((unconditional - conditional).mean())
-            denoise += float(conditional.mean())
-        print(f"| {name[-40:]:40s} | {1000 * classifier / len(levels):10.3f} | {1000 * denoise / len(levels):7.3f} |",
-              flush=True)
+            errors = ((predicted - eps.repeat(3, 1, 1, 1)) ** 2).mean(dim=(1, 2, 3)).reshape(3, count)
+            classifier += float((errors[1] - errors[0]).mean())
+            negative += float((errors[1] - errors[2]).mean())
+            denoise += float(errors[0].mean())
+        classifier, negative, denoise = (1000 * value / len(levels) for value in (classifier, negative, denoise))
+        print(f"| {name[-40:]:40s} | {classifier:10.3f} | {negative:8.3f} | {classifier - args.w2 * negative:13.3f} "
+              f"| {denoise:7.3f} |", flush=True)
 
 
 if __name__ == "__main__":
