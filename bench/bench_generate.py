@@ -395,6 +395,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=0.0,
                         help="start no new row after this many seconds (0: no limit)")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json / results.md")
+    parser.add_argument("--stages", choices=("1", "2", "both"), default="both", help="which stages' rows to run")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -443,118 +444,123 @@ def main() -> None:
             return timed(call, iterations, warmup, device)
         return measure
 
-    # Stage 1.
-    prior = build_pixel_prior(SMOKE_IF if args.smoke else IF_I_XL, device, dtype)
-    header["if_unet_params_b"] = parameter_count(prior.unet)
-    print(f"IF-I-XL-sized UNet: {header['if_unet_params_b']:.2f} B parameters", flush=True)
-    embeddings = torch.randn(6, text1["tokens"], text1["width"], generator=generator).to(device, dtype)
+    if args.stages in ("1", "both"):
+        # Stage 1.
+        prior = build_pixel_prior(SMOKE_IF if args.smoke else IF_I_XL, device, dtype)
+        header["if_unet_params_b"] = parameter_count(prior.unet)
+        print(f"IF-I-XL-sized UNet: {header['if_unet_params_b']:.2f} B parameters", flush=True)
+        embeddings = torch.randn(6, text1["tokens"], text1["width"], generator=generator).to(device, dtype)
 
-    def encode_prompts():
-        from transformers import T5Config, T5EncoderModel
+        def encode_prompts():
+            from transformers import T5Config, T5EncoderModel
 
-        with torch.device(device):
-            encoder = T5EncoderModel(T5Config(**(SMOKE_T5_CONFIG if args.smoke else T5_XXL_CONFIG)))
-        encoder = encoder.to(device, dtype).eval().requires_grad_(False)
-        header["t5_params_b"] = parameter_count(encoder)
-        tokens = torch.randint(0, encoder.config.vocab_size, (6, text1["tokens"]), generator=generator).to(device)
-        synchronize(device)
+            with torch.device(device):
+                encoder = T5EncoderModel(T5Config(**(SMOKE_T5_CONFIG if args.smoke else T5_XXL_CONFIG)))
+            encoder = encoder.to(device, dtype).eval().requires_grad_(False)
+            header["t5_params_b"] = parameter_count(encoder)
+            tokens = torch.randint(0, encoder.config.vocab_size, (6, text1["tokens"]), generator=generator).to(device)
+            synchronize(device)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+            def encode():
+                with torch.no_grad():
+                    encoder(tokens)[0]
+            result = timed(encode, 3, 1, device)
+            del encoder
+            return result
+
+        rec.run("prompt encoding: T5-XXL-sized encoder + IF-sized UNet resident", encode_prompts,
+                "the job's peak before the encoder is freed; 6 prompts of 77 tokens")
+        rec.run("stage 1 ours", stage1_row(prior, embeddings, False, False), "batch 1, text/empty/negative")
+        rec.run("stage 1 ours + Perp-Neg", stage1_row(prior, embeddings, True, False), "batch 1, + 2 other views")
+        rec.run("stage 1 ours + Perp-Neg, NCHW UNet", stage1_row(prior, embeddings, True, False, nhwc=False),
+                "graphed UNet with NCHW weights and activations (the job's default before)")
+        rec.run("stage 1 ours + Perp-Neg, eager UNet", stage1_row(prior, embeddings, True, False, graphs=False),
+                "the UNet call not replayed from a CUDA graph")
+        rec.run(f"stage 1 ours, batch {NO_FRONT_BATCH}", stage1_row(prior, embeddings, False, False, NO_FRONT_BATCH),
+                "the job's batch for prompts without a clear front (Perp-Neg off)")
+        rec.run(f"stage 1 ours, batch {NO_FRONT_BATCH}, second half", stage1_row(prior, embeddings, False, False,
+                                                                                NO_FRONT_BATCH, at_step=6000),
+                "steps 5000-10,000: w2 = 1, so no empty-prompt prediction")
+        rec.run(f"stage 1 ours, batch {NO_FRONT_BATCH}, cudnn benchmark", stage1_row(
+            prior, embeddings, False, False, NO_FRONT_BATCH, cudnn_benchmark=True),
+            "torch.backends.cudnn.benchmark on while the graphs are captured")
+        rec.run("stage 1 ours + Perp-Neg, cudnn benchmark", stage1_row(prior, embeddings, True, False,
+                                                                       cudnn_benchmark=True), "")
+        for batch in (1, NO_FRONT_BATCH):
+            rec.run(f"stage 1 UNet call alone, batch {batch} x 3 prompts", unet_row(prior, embeddings, batch),
+                    "graphed no-grad noise prediction only: the prior's share of the step")
+        if (header.get("hash_grid") or "").startswith("Triton"):
+            rec.run("stage 1 ours + Perp-Neg, PyTorch hash grid", stage1_row(prior, embeddings, True, False, triton=False),
+                    "the Triton hash-grid kernels switched off")
+        rec.run("stage 1 naive", stage1_row(prior, embeddings, False, True), "dense 256 samples/ray, PyTorch hash grid")
+        rec.run("stage 1 naive + Perp-Neg", stage1_row(prior, embeddings, True, True), "dense, PyTorch hash grid")
+        del prior
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-        def encode():
-            with torch.no_grad():
-                encoder(tokens)[0]
-        result = timed(encode, 3, 1, device)
-        del encoder
-        return result
+    if args.stages in ("2", "both"):
+        # Stage 2.
+        prior = build_latent_prior(SMOKE_SD if args.smoke else SD21_BASE, SMOKE_VAE if args.smoke else SD_VAE,
+                                   device, dtype)
+        header["sd_unet_params_b"] = parameter_count(prior.unet)
+        header["vae_params_b"] = parameter_count(prior.vae)
+        embeddings2 = torch.randn(3, text2["tokens"], text2["width"], generator=generator).to(device, dtype)
+        positions, triangles = sphere_mesh(96, 500) if args.smoke else sphere_mesh(180, 50_000)
+        header["stage2_triangles"] = int(triangles.shape[0])
+        print(f"stage 2 mesh: {triangles.shape[0]} triangles", flush=True)
+        size2 = 512 if not args.smoke else 64
+        grid = HashGridConfig(per_level_scale=1.38) if not args.smoke else HashGridConfig(levels=4, log2_table_size=12)
+        from engine.render.rasterize import nvdiffrast_available
 
-    rec.run("prompt encoding: T5-XXL-sized encoder + IF-sized UNet resident", encode_prompts,
-            "the job's peak before the encoder is freed; 6 prompts of 77 tokens")
-    rec.run("stage 1 ours", stage1_row(prior, embeddings, False, False), "batch 1, text/empty/negative")
-    rec.run("stage 1 ours + Perp-Neg", stage1_row(prior, embeddings, True, False), "batch 1, + 2 other views")
-    rec.run("stage 1 ours + Perp-Neg, NCHW UNet", stage1_row(prior, embeddings, True, False, nhwc=False),
-            "graphed UNet with NCHW weights and activations (the job's default before)")
-    rec.run("stage 1 ours + Perp-Neg, eager UNet", stage1_row(prior, embeddings, True, False, graphs=False),
-            "the UNet call not replayed from a CUDA graph")
-    rec.run(f"stage 1 ours, batch {NO_FRONT_BATCH}", stage1_row(prior, embeddings, False, False, NO_FRONT_BATCH),
-            "the job's batch for prompts without a clear front (Perp-Neg off)")
-    rec.run(f"stage 1 ours, batch {NO_FRONT_BATCH}, second half", stage1_row(prior, embeddings, False, False,
-                                                                            NO_FRONT_BATCH, at_step=6000),
-            "steps 5000-10,000: w2 = 1, so no empty-prompt prediction")
-    rec.run(f"stage 1 ours, batch {NO_FRONT_BATCH}, cudnn benchmark", stage1_row(
-        prior, embeddings, False, False, NO_FRONT_BATCH, cudnn_benchmark=True),
-        "torch.backends.cudnn.benchmark on while the graphs are captured")
-    rec.run("stage 1 ours + Perp-Neg, cudnn benchmark", stage1_row(prior, embeddings, True, False,
-                                                                   cudnn_benchmark=True), "")
-    for batch in (1, NO_FRONT_BATCH):
-        rec.run(f"stage 1 UNet call alone, batch {batch} x 3 prompts", unet_row(prior, embeddings, batch),
-                "graphed no-grad noise prediction only: the prior's share of the step")
-    if (header.get("hash_grid") or "").startswith("Triton"):
-        rec.run("stage 1 ours + Perp-Neg, PyTorch hash grid", stage1_row(prior, embeddings, True, False, triton=False),
-                "the Triton hash-grid kernels switched off")
-    rec.run("stage 1 naive", stage1_row(prior, embeddings, False, True), "dense 256 samples/ray, PyTorch hash grid")
-    rec.run("stage 1 naive + Perp-Neg", stage1_row(prior, embeddings, True, True), "dense, PyTorch hash grid")
-    del prior
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        header["rasterizer"] = "nvdiffrast" if device.type == "cuda" and nvdiffrast_available() else "PyTorch"
 
-    # Stage 2.
-    prior = build_latent_prior(SMOKE_SD if args.smoke else SD21_BASE, SMOKE_VAE if args.smoke else SD_VAE,
-                               device, dtype)
-    header["sd_unet_params_b"] = parameter_count(prior.unet)
-    header["vae_params_b"] = parameter_count(prior.vae)
-    embeddings2 = torch.randn(3, text2["tokens"], text2["width"], generator=generator).to(device, dtype)
-    positions, triangles = sphere_mesh(96, 500) if args.smoke else sphere_mesh(180, 50_000)
-    header["stage2_triangles"] = int(triangles.shape[0])
-    print(f"stage 2 mesh: {triangles.shape[0]} triangles", flush=True)
-    size2 = 512 if not args.smoke else 64
-    grid = HashGridConfig(per_level_scale=1.38) if not args.smoke else HashGridConfig(levels=4, log2_table_size=12)
-    from engine.render.rasterize import nvdiffrast_available
+        def stage2_row(naive: bool, compiled: bool = False, nhwc: bool = True, fast_vae: bool = True,
+                       antialias: bool = True, rasterizer: str = "auto"):
+            def measure():
+                use_cuda_graphs(prior, not naive and not compiled, nhwc)
+                mesh = RefinableMesh(positions, triangles, grid).to(device)
+                if not naive and device.type == "cuda":
+                    from engine.field.texture_field import TextureField
 
-    header["rasterizer"] = "nvdiffrast" if device.type == "cuda" and nvdiffrast_available() else "PyTorch"
+                    mesh.texture = TextureField(grid, use_tcnn=True).to(device)
+                if naive:
+                    set_triton_hash_grid(mesh, False)
+                optimizer = torch.optim.Adam([{"params": mesh.texture.parameters(), "lr": 1e-3},
+                                              {"params": [mesh.offsets], "lr": 1e-4}], eps=1e-15)
+                step = stage2_step(mesh, prior, embeddings2, size2, optimizer, generator, device,
+                                   "torch" if naive else rasterizer, fast_vae and not naive, antialias)
+                return timed(step, naive_iterations if naive else iterations, naive_warmup if naive else warmup, device)
+            return measure
 
-    def stage2_row(naive: bool, compiled: bool = False, nhwc: bool = True, fast_vae: bool = True,
-                   antialias: bool = True):
-        def measure():
-            use_cuda_graphs(prior, not naive and not compiled, nhwc)
-            mesh = RefinableMesh(positions, triangles, grid).to(device)
-            if not naive and device.type == "cuda":
-                from engine.field.texture_field import TextureField
-
-                mesh.texture = TextureField(grid, use_tcnn=True).to(device)
-            if naive:
-                set_triton_hash_grid(mesh, False)
-            optimizer = torch.optim.Adam([{"params": mesh.texture.parameters(), "lr": 1e-3},
-                                          {"params": [mesh.offsets], "lr": 1e-4}], eps=1e-15)
-            step = stage2_step(mesh, prior, embeddings2, size2, optimizer, generator, device,
-                               "torch" if naive else "auto", fast_vae and not naive, antialias)
-            return timed(step, naive_iterations if naive else iterations, naive_warmup if naive else warmup, device)
-        return measure
-
-    rec.run("stage 2 naive", stage2_row(True), "PyTorch rasterizer")
-    rec.run("stage 2 ours", stage2_row(False), "UNet call replayed from a CUDA graph")
-    rec.run("stage 2 ours, no antialiasing", stage2_row(False, antialias=False),
-            "silhouettes without gradients (stage2.antialias false)")
-    rec.run("stage 2 ours, plain VAE encoder", stage2_row(False, fast_vae=False),
-            "the VAE encoder NCHW with PyTorch's GroupNorm and attention kernels")
-    rec.run("stage 2 ours, NCHW UNet", stage2_row(False, nhwc=False, fast_vae=False),
-            "graphed UNet in NCHW, plain VAE encoder (the job's default before)")
-    rec.run("stage 2 ours, eager UNet", stage2_row(False, compiled=True), "the UNet call not replayed from a CUDA graph")
-    if compile_rows:
-        torch._dynamo.reset()
-        prior.unet = torch.compile(prior.unet, mode="reduce-overhead")
-        rec.run("stage 2 ours + compile", stage2_row(False, compiled=True),
-                "UNet: torch.compile reduce-overhead; first call compiles")
-        prior.unet = getattr(prior.unet, "_orig_mod", prior.unet)
-    del prior
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        rec.run("stage 2 naive", stage2_row(True), "PyTorch rasterizer")
+        rec.run("stage 2 ours", stage2_row(False), "UNet call replayed from a CUDA graph")
+        rec.run("stage 2 ours, no antialiasing", stage2_row(False, antialias=False),
+                "silhouettes without gradients (stage2.antialias false)")
+        if header["rasterizer"] == "nvdiffrast":
+            rec.run("stage 2 ours, PyTorch rasterizer", stage2_row(False, rasterizer="torch"),
+                    "our own rasterizer in place of nvdiffrast")
+        rec.run("stage 2 ours, plain VAE encoder", stage2_row(False, fast_vae=False),
+                "the VAE encoder NCHW with PyTorch's GroupNorm and attention kernels")
+        rec.run("stage 2 ours, NCHW UNet", stage2_row(False, nhwc=False, fast_vae=False),
+                "graphed UNet in NCHW, plain VAE encoder (the job's default before)")
+        rec.run("stage 2 ours, eager UNet", stage2_row(False, compiled=True), "the UNet call not replayed from a CUDA graph")
+        if compile_rows:
+            torch._dynamo.reset()
+            prior.unet = torch.compile(prior.unet, mode="reduce-overhead")
+            rec.run("stage 2 ours + compile", stage2_row(False, compiled=True),
+                    "UNet: torch.compile reduce-overhead; first call compiles")
+            prior.unet = getattr(prior.unet, "_orig_mod", prior.unet)
+        del prior
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # Stage 1 compiled, last: compiling the 4.3B UNet takes minutes.
-    if compile_rows:
+    if compile_rows and args.stages in ("1", "both"):
         prior = build_pixel_prior(IF_I_XL, device, dtype)
         for perp_neg in (True, False):
             torch._dynamo.reset()

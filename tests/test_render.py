@@ -427,3 +427,23 @@ def test_antialias_changes_only_pixels_next_to_a_silhouette() -> None:
     # Edges between two faces that both face the camera are not silhouettes: the sphere's inside stays.
     assert not (changed & inside).any()
     assert changed[~view.mask].any() and changed[view.mask].any()  # both sides of the outline blend
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and nvdiffrast_available()), reason="needs nvdiffrast and CUDA")
+def test_antialias_is_the_same_on_both_rasterizers() -> None:
+    from engine.render.antialias import antialias
+
+    positions, triangles = sphere(16)
+    cameras = orbit_cameras(torch.tensor([10.0, 40.0]), torch.tensor([20.0, 200.0]), 2.2, 45.0).to("cuda")
+    results = []
+    for backend in ("torch", "nvdiffrast"):
+        offsets = torch.zeros_like(positions, device="cuda", requires_grad=True)
+        view = render_gbuffer(positions.cuda() + offsets, triangles.cuda(), cameras, 64, backend=backend)
+        image = antialias(view.mask[..., None].float().expand(-1, -1, -1, 3), view)
+        image.sum().backward()
+        results.append((image.detach(), offsets.grad))
+    (ours, our_grad), (theirs, their_grad) = results
+    assert (ours - theirs).abs().mean() < 1e-3
+    # Where a pixel centre lies on an edge the two rasterizers may pick different triangles, and
+    # the crossed edge with them: measured 0.93 on the H200, 2026-12-01.
+    assert torch.nn.functional.cosine_similarity(our_grad.flatten(), their_grad.flatten(), dim=0) > 0.9

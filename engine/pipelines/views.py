@@ -46,5 +46,5 @@ class ViewPool:
                 control["depth"] = view.depth_image().permute(0, 3, 1, 2).expand(-1, 3, -1, -1).to(device)
                 control["canny"] = canny_edges(view.normal_image()).to(device)
             # Fixed geometry needs no antialiasing: drop the per-vertex clip positions it would keep.
-            self._views[index] = (dataclasses.replace(view, clip=None, triangles=None), control)
+            self._views[index] = (dataclasses.replace(view, clip=None, triangles=None, nvdiffrast_raster=None), control)
         return self._views[index]

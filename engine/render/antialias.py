@@ -12,7 +12,9 @@ farther pixel takes (a - 1/2) of the nearer pixel's colour when a > 1/2, and the
 lies between pixel centres, and a's dependence on the projected corners carries the gradient.
 
 An edge is a silhouette edge in a view when it is a boundary edge or its two faces turn
-opposite ways on screen. Works on any backend's `Rasterized` output; plain PyTorch.
+opposite ways on screen. Plain PyTorch, for either rasterizer's output; a view rasterized by
+nvdiffrast goes through nvdiffrast's own antialias instead (its CUDA kernel is much faster, and
+tests/test_render.py checks that the two agree).
 """
 
 from __future__ import annotations
@@ -41,73 +43,98 @@ def edge_neighbours(triangles: Tensor) -> Tensor:
     return torch.where(partner >= 0, torch.div(partner, 3, rounding_mode="floor"), partner).reshape(count, 3)
 
 
+def _next(values: Tensor, axis: int) -> Tensor:
+    """The value one pixel right (axis 2) or down (axis 1) of each pixel; the last column or row
+    repeats itself, which makes its pairs look covered by one triangle and so leaves them alone."""
+    last = values.narrow(axis, values.shape[axis] - 1, 1)
+    return torch.cat([values.narrow(axis, 1, values.shape[axis] - 1), last], dim=axis)
+
+
 def antialias(image: Tensor, view: GBuffer, neighbours: Tensor | None = None) -> Tensor:
     """(B, H, W, C) image rendered from `view` (shaded, background included) -> the same image with
     its silhouettes antialiased, differentiable in the image and in the view's vertex positions.
-    neighbours: `edge_neighbours(view.triangles)`, to reuse across steps on a fixed topology."""
+    neighbours: `edge_neighbours(view.triangles)`, to reuse across steps on a fixed topology.
+
+    The pairs to blend are found densely without gradients (both directions and all three edges at
+    once); only they, a few per silhouette pixel, are then gathered with gradients. The one wait
+    for the GPU is the count of those pairs; the gradients never scatter from every pixel."""
     if view.clip is None or view.triangles is None:
         raise ValueError("antialias needs a GBuffer from render_gbuffer (it keeps clip positions and triangles)")
+    if view.nvdiffrast_raster is not None:
+        return _nvdiffrast_antialias(image, view)
     batch, height, width, channels = image.shape
     triangles = view.triangles
     if neighbours is None:
         neighbours = edge_neighbours(triangles)
     # Screen positions in pixels, centres at (i + 0.5, j + 0.5), row 0 at the top.
-    w = view.clip[..., 3:].clamp_min(1e-8)
-    screen = torch.stack([(view.clip[..., 0] / w[..., 0] + 1) * (0.5 * width),
-                          (1 - view.clip[..., 1] / w[..., 0]) * (0.5 * height)], dim=-1)  # (B, V, 2)
+    w = view.clip[..., 3].clamp_min(1e-8)
+    screen = torch.stack([(view.clip[..., 0] / w + 1) * (0.5 * width),
+                          (1 - view.clip[..., 1] / w) * (0.5 * height)], dim=-1)  # (B, V, 2)
+    device = image.device
     with torch.no_grad():
         corners = screen[:, triangles]  # (B, F, 3, 2)
         first, second = corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]
         facing = (first[..., 0] * second[..., 1] - first[..., 1] * second[..., 0]) > 0  # (B, F)
-
-    ids = view.triangle_id
-    far = torch.where(ids >= 0, view.depth, torch.full_like(view.depth, torch.inf))
+        ids = view.triangle_id
+        far = torch.where(ids >= 0, view.depth, torch.full_like(view.depth, torch.inf))
+        # Direction 0 pairs each pixel with its right neighbour, direction 1 with the one below: (2, B, H, W).
+        ids_a, ids_b = ids.expand(2, -1, -1, -1), torch.stack([_next(ids, 2), _next(ids, 1)])
+        a_in_front = far.expand(2, -1, -1, -1) <= torch.stack([_next(far, 2), _next(far, 1)])
+        near_id = torch.where(a_in_front, ids_a, ids_b).clamp_min(0)
+        rows = torch.arange(height, device=device, dtype=screen.dtype).view(height, 1).expand(height, width)
+        cols = torch.arange(width, device=device, dtype=screen.dtype).view(1, width).expand(height, width)
+        centre_a = (torch.stack([cols, rows], dim=-1) + 0.5).expand(2, batch, -1, -1, -1)
+        step = torch.tensor([[1.0, 0.0], [0.0, 1.0]], device=device, dtype=screen.dtype).view(2, 1, 1, 1, 2)
+        near_centre = torch.where(a_in_front[..., None], centre_a, centre_a + step)
+        far_centre = torch.where(a_in_front[..., None], centre_a + step, centre_a)
+        views = torch.arange(batch, device=device).view(1, batch, 1, 1)
+        start = corners[views, near_id]  # (2, B, H, W, 3, 2)
+        edge = start.roll(-1, dims=-2) - start
+        d_near = _side(start, edge, near_centre[..., None, :])
+        d_far = _side(start, edge, far_centre[..., None, :])
+        other = neighbours[near_id]  # (2, B, H, W, 3): the face across each edge of the near triangle
+        silhouette = (other < 0) | (facing[views[..., None], other.clamp_min(0)] != facing[views, near_id][..., None])
+        # Each edge is handled by the pairs across it (left-right for steep edges, top-bottom for
+        # flat ones), so that no coverage is counted twice; the first crossed edge of each pair wins.
+        steep_wanted = torch.tensor([True, False], device=device).view(2, 1, 1, 1, 1)
+        crossing = ((ids_a != ids_b)[..., None] & (d_near * d_far < 0) & silhouette
+                    & ((edge[..., 1].abs() >= edge[..., 0].abs()) == steep_wanted))
+        crossing = crossing & (crossing.cumsum(dim=-1) == 1)
+        direction, b, row, col, k = torch.nonzero(crossing, as_tuple=True)
+        front = a_in_front[direction, b, row, col]
+        near, centre = near_id[direction, b, row, col], near_centre[direction, b, row, col]
+        other_centre = far_centre[direction, b, row, col]
+        pixel_a = (b * height + row) * width + col
+        pixel_b = pixel_a + torch.where(direction == 0, 1, width)
+    # With gradients, for the pairs found only.
+    flat_screen = screen.reshape(-1, 2)
+    count = screen.shape[1]
+    edge_start = flat_screen.index_select(0, b * count + triangles[near, k])
+    edge_end = flat_screen.index_select(0, b * count + triangles[near, (k + 1) % 3])
+    edge_vector = edge_end - edge_start
+    near_side, far_side = _side(edge_start, edge_vector, centre), _side(edge_start, edge_vector, other_centre)
+    alpha = (near_side / (near_side - far_side)).clamp(0.0, 1.0)
+    into_far, short_of_far = (alpha - 0.5).clamp_min(0.0), (0.5 - alpha).clamp_min(0.0)
+    weight_a = torch.where(front, short_of_far, into_far)[:, None]
+    weight_b = torch.where(front, into_far, short_of_far)[:, None]
     flat_image = image.reshape(-1, channels)
-    delta = torch.zeros_like(flat_image)
-    rows = torch.arange(height, device=ids.device).view(1, height, 1).expand(batch, height, width)
-    cols = torch.arange(width, device=ids.device).view(1, 1, width).expand(batch, height, width)
-    views = torch.arange(batch, device=ids.device).view(batch, 1, 1).expand(batch, height, width)
-    for step_row, step_col in ((0, 1), (1, 0)):
-        cut = (slice(None), slice(0, height - step_row), slice(0, width - step_col))
-        ahead = (slice(None), slice(step_row, height), slice(step_col, width))
-        ids_a, ids_b = ids[cut], ids[ahead]
-        pair = ids_a != ids_b
-        a_in_front = far[cut] <= far[ahead]
-        near_id = torch.where(a_in_front, ids_a, ids_b)[pair]
-        b = views[cut][pair]
-        row_a, col_a = rows[cut][pair], cols[cut][pair]
-        row_b, col_b = row_a + step_row, col_a + step_col
-        front = a_in_front[pair]
-        near_row, near_col = torch.where(front, row_a, row_b), torch.where(front, col_a, col_b)
-        far_row, far_col = torch.where(front, row_b, row_a), torch.where(front, col_b, col_a)
-        near_centre = torch.stack([near_col, near_row], dim=-1).to(screen.dtype) + 0.5
-        far_centre = torch.stack([far_col, far_row], dim=-1).to(screen.dtype) + 0.5
-        tri_corners = screen[b[:, None], triangles[near_id]]  # (K, 3, 2), with gradient
-        alpha = torch.zeros(near_id.shape[0], dtype=screen.dtype, device=screen.device)
-        found = torch.zeros(near_id.shape[0], dtype=torch.bool, device=screen.device)
-        for k in range(3):
-            start, end = tri_corners[:, k], tri_corners[:, (k + 1) % 3]
-            edge = end - start
-            d_near = edge[:, 0] * (near_centre[:, 1] - start[:, 1]) - edge[:, 1] * (near_centre[:, 0] - start[:, 0])
-            d_far = edge[:, 0] * (far_centre[:, 1] - start[:, 1]) - edge[:, 1] * (far_centre[:, 0] - start[:, 0])
-            with torch.no_grad():
-                other = neighbours[near_id, k]
-                silhouette = (other < 0) | (facing[b, other.clamp_min(0)] != facing[b, near_id])
-                # Each edge is handled by the pairs across it (left-right for steep edges, top-bottom
-                # for flat ones) so that no coverage is counted twice.
-                steep = edge[:, 1].abs() >= edge[:, 0].abs()
-                crossing = (d_near * d_far < 0) & silhouette & (steep if step_col else ~steep) & ~found
-            fraction = d_near / torch.where(crossing, d_near - d_far, torch.ones_like(d_near))
-            alpha = torch.where(crossing, fraction, alpha)
-            found = found | crossing
-        if not bool(found.any()):
-            continue
-        alpha = alpha[found].clamp(0.0, 1.0)
-        near_flat = ((b * height + near_row) * width + near_col)[found]
-        far_flat = ((b * height + far_row) * width + far_col)[found]
-        near_colour, far_colour = flat_image[near_flat], flat_image[far_flat]
-        into_far = (alpha - 0.5).clamp_min(0.0)[:, None]
-        short_of_far = (0.5 - alpha).clamp_min(0.0)[:, None]
-        delta = delta.index_add(0, far_flat, into_far * (near_colour - far_colour))
-        delta = delta.index_add(0, near_flat, short_of_far * (far_colour - near_colour))
+    colour_a, colour_b = flat_image.index_select(0, pixel_a), flat_image.index_select(0, pixel_b)
+    delta = torch.zeros_like(flat_image).index_add(0, pixel_a, weight_a * (colour_b - colour_a))
+    delta = delta.index_add(0, pixel_b, weight_b * (colour_a - colour_b))
     return (flat_image + delta).reshape(batch, height, width, channels)
+
+
+def _side(start: Tensor, edge: Tensor, point: Tensor) -> Tensor:
+    """Which side of the line through `start` along `edge` each point lies on (2D cross product)."""
+    offset = point - start
+    return edge[..., 0] * offset[..., 1] - edge[..., 1] * offset[..., 0]
+
+
+def _nvdiffrast_antialias(image: Tensor, view: GBuffer) -> Tensor:
+    import nvdiffrast.torch as dr
+
+    # nvdiffrast's images have row 0 at the bottom.
+    flipped = image.flip(1).to(torch.float32).contiguous()
+    smoothed = dr.antialias(flipped, view.nvdiffrast_raster, view.clip.to(torch.float32).contiguous(),
+                            view.triangles.to(torch.int32).contiguous())
+    return smoothed.flip(1).to(image.dtype)

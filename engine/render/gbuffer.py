@@ -25,7 +25,8 @@ class GBuffer:
     """position (B, H, W, 3) in the unit box; normal (B, H, W, 3) unit world-space shading normal
     facing the camera; depth (B, H, W) view depth (0 where empty); mask (B, H, W) bool;
     triangle_id (B, H, W) int64 (-1 where empty); cameras the views they were rendered from;
-    clip (B, V, 4) the corners' clip positions and triangles (F, 3), for `antialias`.
+    clip (B, V, 4) the corners' clip positions, triangles (F, 3) and, from nvdiffrast, its raster
+    output: for `antialias`.
     """
 
     position: Tensor
@@ -36,6 +37,7 @@ class GBuffer:
     cameras: Cameras
     clip: Tensor | None = None
     triangles: Tensor | None = None
+    nvdiffrast_raster: Tensor | None = None
 
     def normal_image(self) -> Tensor:
         """(B, H, W, 3) camera-space normals mapped to [0, 1] RGB (x right, y up, z towards the
@@ -104,4 +106,5 @@ def render_gbuffer(positions: Tensor, triangles: Tensor, cameras: Cameras, size:
         # Where neighbouring normals cancel out (e.g. thin two-sided sheets), keep the face normal.
         normal = torch.where(length > 1e-6, smooth / length.clamp_min(1e-6), pixel_face_normal)
     normal = normal * facing * mask[..., None]
-    return GBuffer(position, normal, rast.depth, mask, rast.triangle_id, cameras, clip, triangles)
+    return GBuffer(position, normal, rast.depth, mask, rast.triangle_id, cameras, clip, triangles,
+                   rast.nvdiffrast_raster)

@@ -41,11 +41,14 @@ class Rasterized:
     triangle_id: (B, H, W) int64, -1 where no triangle covers the pixel
     barycentric: (B, H, W, 3) perspective-correct weights of the triangle's corners (0 where empty)
     depth: (B, H, W) view-space depth along the view axis (clip w), 0 where empty
+    nvdiffrast_raster: nvdiffrast's own (B, H, W, 4) output, row 0 at the bottom (its antialias
+        needs it); None from the torch backend
     """
 
     triangle_id: Tensor
     barycentric: Tensor
     depth: Tensor
+    nvdiffrast_raster: Tensor | None = None
 
     @property
     def mask(self) -> Tensor:
@@ -287,9 +290,9 @@ def _rasterize_nvdiffrast(clip: Tensor, triangles: Tensor, height: int, width: i
     if context is None:
         context = dr.RasterizeCudaContext(device=clip.device)
         _NVDIFFRAST_CONTEXTS[clip.device] = context
-    rast, _ = dr.rasterize(context, clip.to(torch.float32).contiguous(), triangles.to(torch.int32).contiguous(),
-                           resolution=[height, width])
-    rast = rast.flip(1)  # nvdiffrast's row 0 is the bottom (NDC y = -1)
+    raw, _ = dr.rasterize(context, clip.to(torch.float32).contiguous(), triangles.to(torch.int32).contiguous(),
+                          resolution=[height, width])
+    rast = raw.flip(1)  # nvdiffrast's row 0 is the bottom (NDC y = -1)
     triangle_id = rast[..., 3].round().long() - 1
     mask = triangle_id >= 0
     u, v = rast[..., 0], rast[..., 1]
@@ -298,4 +301,4 @@ def _rasterize_nvdiffrast(clip: Tensor, triangles: Tensor, height: int, width: i
     view = torch.arange(clip.shape[0], device=clip.device)[:, None, None, None]
     w = corner_w[view, triangles[triangle_id.clamp_min(0)]]  # (B, H, W, 3)
     depth = (barycentric * w).sum(dim=-1)
-    return Rasterized(triangle_id, barycentric, depth)
+    return Rasterized(triangle_id, barycentric, depth, raw)
