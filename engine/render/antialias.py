@@ -5,11 +5,11 @@ changes which pixels a triangle covers, and that has no gradient. Mesh refinemen
 or the optimiser can repaint a shape but never move its outline. Here, for every pair of
 neighbouring pixels (left-right and top-bottom) covered by different triangles, or one by
 none, the silhouette edge of the nearer pixel's triangle that the segment between the two
-pixel centres crosses is found (steep edges by left-right pairs, flat ones by top-bottom
-pairs); where it crosses at fraction `a` from the nearer centre, the
-farther pixel takes (a - 1/2) of the nearer pixel's colour when a > 1/2, and the nearer pixel
-(1/2 - a) of the farther one's when a < 1/2. The image is unchanged where no silhouette edge
-lies between pixel centres, and a's dependence on the projected corners carries the gradient.
+pixel centres crosses is found (steep edges by left-right pairs, flat ones by top-bottom pairs).
+Where it crosses at fraction `a` from the nearer centre, the farther pixel takes (a - 1/2) of the
+nearer pixel's colour when a > 1/2, and the nearer pixel (1/2 - a) of the farther one's when
+a < 1/2. The image is unchanged where no silhouette edge lies between pixel centres, and a's
+dependence on the projected corners carries the gradient.
 
 An edge is a silhouette edge in a view when it is a boundary edge or its two faces turn
 opposite ways on screen. Plain PyTorch, for either rasterizer's output; a view rasterized by
