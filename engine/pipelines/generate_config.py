@@ -223,6 +223,9 @@ class RefineStageConfig:
 
 @dataclass
 class GenerateJobConfig:
+    """A generate job's settings. Start from `defaults_for` (the CLI and job.json do): the plain
+    constructor gives the paper's settings whichever prior each stage uses."""
+
     prompt: str
     out: str
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
