@@ -28,20 +28,13 @@ import trimesh
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.config import DEFAULT_NEGATIVE_PROMPT, CameraConfig, PriorConfig  # noqa: E402
+from engine.judge.geometry import load_closed_mesh  # noqa: E402
 from engine.judge.palette import PALETTE  # noqa: E402
 from engine.prior.load import load_prior  # noqa: E402
 from engine.render.cameras import sample_cameras  # noqa: E402
 from engine.render.gbuffer import render_gbuffer  # noqa: E402
 from engine.render.shading import sample_backgrounds, sample_lighting, shade  # noqa: E402
-
-
-def unit_box(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """Centred, largest extent 1: how the prior's training world normalises its meshes."""
-    low, high = mesh.bounds
-    mesh = mesh.copy()
-    mesh.apply_translation(-(low + high) / 2)
-    mesh.apply_scale(1.0 / float((high - low).max()))
-    return mesh
+from training.bundled_prior.world import normalise_unit_box  # noqa: E402  (how the prior's world sizes meshes)
 
 
 def ideal_shapes() -> dict[str, trimesh.Trimesh]:
@@ -60,8 +53,7 @@ def ideal_shapes() -> dict[str, trimesh.Trimesh]:
 
 
 def load_asset(path: Path) -> trimesh.Trimesh:
-    mesh = trimesh.load(path, force="mesh")
-    mesh.merge_vertices(merge_tex=True, merge_norm=True)
+    mesh = load_closed_mesh(path)
     if path.suffix.lower() in (".glb", ".gltf"):  # glTF is Y-up; the engine's unit box is Z-up
         mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
     return mesh
@@ -99,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {'shape':40s} | classifier | negative | csd (w2 {args.w2:g}) | denoise |")
     print(f"|{'-' * 42}|------------|----------|{'-' * 15}|---------|")
     for name, mesh in meshes.items():
-        mesh = unit_box(mesh)
-        view = render_gbuffer(torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces),
+        view = render_gbuffer(torch.from_numpy(normalise_unit_box(mesh.vertices)), torch.tensor(mesh.faces),
                               cameras, 2 * prior.resolution, backend="torch")
         image = shade(albedo.expand(count, *view.mask.shape[1:], 3), view.normal, view.mask, lighting, backgrounds)
         x0 = prior.images_to_model_input(torch.nn.functional.avg_pool2d(image.permute(0, 3, 1, 2), 2))

@@ -32,16 +32,15 @@ class RefinableMesh(torch.nn.Module):
         self.register_buffer("edges", torch.as_tensor(unique_edges(triangles)))
         self.offsets = torch.nn.Parameter(torch.zeros_like(self.base))
         self.texture = TextureField(hash_grid, seed=seed)
-        self._edge_neighbours: Tensor | None = None  # derived from the triangles, so not in the state
+        # Derived from the triangles, so not in the saved state.
+        self.register_buffer("edge_neighbours", edge_neighbours(self.triangles), persistent=False)
 
     def positions(self) -> Tensor:
         return self.base + self.offsets
 
     def antialias(self, image: Tensor, view: GBuffer) -> Tensor:
         """`image` (B, H, W, C), rendered from `view` of this mesh, with gradients at its silhouettes."""
-        if self._edge_neighbours is None or self._edge_neighbours.device != self.triangles.device:
-            self._edge_neighbours = edge_neighbours(self.triangles)
-        return antialias(image, view, self._edge_neighbours)
+        return antialias(image, view, self.edge_neighbours)
 
     def render(self, cameras: Cameras, size: int) -> tuple[GBuffer, Tensor]:
         """G-buffers of the current surface and its albedo (B, H, W, 3) (zero off the mask)."""

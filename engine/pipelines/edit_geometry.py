@@ -74,7 +74,7 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
         config.resolve_source_defaults({"stage2": settings}, asset.texture_size)
         config.hash_grid = asset.mesh.texture.field_config
         # How the refinement ran (settings its state lacks, from older versions, are the defaults).
-        refine = update_from_dict(RefineStageConfig(), {k: v for k, v in settings.items() if k != "prior"}, "stage2")
+        refine = update_from_dict(RefineStageConfig(), dict(settings), "stage2")
         cameras_config = refine.cameras
         mesh = asset.mesh.to(device)
         offset_lr = refine.vertex_learning_rate(mesh.mean_edge_length())
