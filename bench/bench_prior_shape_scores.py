@@ -10,7 +10,8 @@ same noise for every mesh:
   - csd: classifier - w2 * negative, the objective whose gradient is Eq. 10's at that w2;
   - denoise: mean ||e(x_t, y) - eps||^2, the conditional denoising loss (lower = likelier under
     p(x | y), up to how hard the image is to denoise at all).
-Prints a table, x 1000.
+Prints a table, x 1000; --per-level adds the csd column at each noise level (where in t the prior
+tells the shapes apart, and which way).
 
     python bench/bench_prior_shape_scores.py --prompt "a blue cube" out/cube/mesh.glb
 """
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
     parser.add_argument("--w2", type=float, default=0.5, help="negative weight of the csd column (the bundled "
                                                                  "preset's stage 1)")
+    parser.add_argument("--per-level", action="store_true", help="also print csd at each noise level")
     args = parser.parse_args(argv)
 
     torch.set_grad_enabled(False)
@@ -90,12 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"prompt {args.prompt!r}, {count} views, {len(levels)} noise levels (x 1000)")
     print(f"| {'shape':40s} | classifier | negative | csd (w2 {args.w2:g}) | denoise |")
     print(f"|{'-' * 42}|------------|----------|{'-' * 15}|---------|")
+    per_level: dict[str, list[float]] = {}
     for name, mesh in meshes.items():
         view = render_gbuffer(torch.from_numpy(normalise_unit_box(mesh.vertices)), torch.tensor(mesh.faces),
                               cameras, 2 * prior.resolution, backend="torch")
         image = shade(albedo.expand(count, *view.mask.shape[1:], 3), view.normal, view.mask, lighting, backgrounds)
         x0 = prior.images_to_model_input(torch.nn.functional.avg_pool2d(image.permute(0, 3, 1, 2), 2))
         classifier = negative = denoise = 0.0
+        per_level[name] = []
         for level, eps in zip(levels, noise):
             timesteps = level.repeat(count)
             noisy = prior.add_noise(x0, eps, timesteps)
@@ -104,10 +108,17 @@ def main(argv: list[str] | None = None) -> None:
             errors = ((predicted - eps.repeat(3, 1, 1, 1)) ** 2).mean(dim=(1, 2, 3)).reshape(3, count)
             classifier += float((errors[1] - errors[0]).mean())
             negative += float((errors[1] - errors[2]).mean())
+            per_level[name].append(1000 * float((errors[1] - errors[0] - args.w2 * (errors[1] - errors[2])).mean()))
             denoise += float(errors[0].mean())
         classifier, negative, denoise = (1000 * value / len(levels) for value in (classifier, negative, denoise))
         print(f"| {name[-40:]:40s} | {classifier:10.3f} | {negative:8.3f} | {classifier - args.w2 * negative:13.3f} "
               f"| {denoise:7.3f} |", flush=True)
+    if args.per_level:
+        print(f"\ncsd (w2 {args.w2:g}) at each noise level t of 1000 (x 1000)")
+        print(f"| {'shape':40s} | " + " | ".join(f"{int(t):5d}" for t in levels) + " |")
+        print(f"|{'-' * 42}|" + "-------|" * len(levels))
+        for name, values in per_level.items():
+            print(f"| {name[-40:]:40s} | " + " | ".join(f"{v:5.1f}" for v in values) + " |")
 
 
 if __name__ == "__main__":

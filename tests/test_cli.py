@@ -134,6 +134,23 @@ def test_out_of_memory_is_reported_with_a_hint(tmp_path, capsys):
     assert result_of(tmp_path / "o")["error"]["kind"] == "out_of_memory"
 
 
+def test_peak_gpu_memory_is_reported_for_cuda_jobs_only(tmp_path):
+    from engine.job.progress import CancelToken, ProgressReporter
+    from engine.job.runner import run_pipeline
+
+    held = []
+
+    def pipeline(context):
+        held.append(torch.ones(2 ** 28, dtype=torch.uint8, device=context.device))  # 0.25 GiB
+        return {}
+
+    run_pipeline("texture", {}, tmp_path / "cpu", "cpu", pipeline, ProgressReporter(), CancelToken())
+    assert "peak_gpu_memory_gib" not in result_of(tmp_path / "cpu")
+    if torch.cuda.is_available():
+        run_pipeline("texture", {}, tmp_path / "gpu", "cuda", pipeline, ProgressReporter(), CancelToken())
+        assert result_of(tmp_path / "gpu")["peak_gpu_memory_gib"] >= 0.25
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_folder(tmp_path, tiny_pixel_prior, capsys):
     locked = tmp_path / "locked"

@@ -363,7 +363,8 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
 
 def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
     """A strip turning 90 degrees: the released 1 - cos form costs one sharp fold more than two
-    45-degree folds (it rounds edges); the "angle" form, the reverse (it keeps flat sides flat)."""
+    45-degree folds (it rounds edges); the "angle" form, the reverse (it keeps flat sides flat), and
+    the "robust" form more so (it sharpens edges)."""
     from engine.nerf.losses import face_adjacency, normal_consistency
 
     def strip(profile: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,6 +383,7 @@ def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
 
     assert total(sharp, "cosine") > total(soft, "cosine")
     assert total(sharp, "angle") < total(soft, "angle")
+    assert total(sharp, "robust") / total(soft, "robust") < 0.75 * total(sharp, "angle") / total(soft, "angle")
 
 
 def test_vertex_learning_rate_follows_the_edge_length():

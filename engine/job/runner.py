@@ -91,13 +91,17 @@ def run_pipeline(task: str, settings: dict, output_dir: Path, device_name: str,
     timings = dict(context.timings) if context else {}
     timings["total_s"] = time.monotonic() - start
     outputs = dict(context.outputs) if context else {}
+    extra = {}
+    if context is not None and context.device.type == "cuda":
+        # What the job needed of the GPU: the number to compare with the card's memory.
+        extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(context.device) / 2 ** 30, 3)
     if error is not None:
         reporter.emit("error", **error)
         print(f"error: {error['message']}", file=sys.stderr)
         if error.get("hint"):
             print(f"hint: {error['hint']}", file=sys.stderr)
     try:
-        path = write_result(output_dir, result_document(task, status, outputs, settings, timings, error))
+        path = write_result(output_dir, result_document(task, status, outputs, settings, timings, error, extra))
         reporter.emit("finished", status=status, result=str(path))
     except (OSError, EngineError):
         reporter.emit("finished", status=status, result=None)

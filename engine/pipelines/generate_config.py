@@ -25,7 +25,7 @@ REFINE_STAGE_STEPS = 5_000
 CONFIG_FILE = "generate_config.json"
 GEOMETRY_RENDERS = ("shaded", "normal_map")
 PERP_NEG_MODES = ("auto", "on", "off")
-NORMAL_CONSISTENCY_FORMS = ("cosine", "angle")  # engine/nerf/losses.normal_consistency
+NORMAL_CONSISTENCY_FORMS = ("cosine", "angle", "robust")  # engine/nerf/losses.normal_consistency
 # Prompts naming these have no clear front: Perp-Neg is left out under "auto" (paper A.4).
 NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", "donut", "doughnut", "ring",
                   "vase", "bowl", "cup", "mug", "plate", "planet", "orb", "pyramid", "egg", "rock", "stone",
@@ -171,7 +171,7 @@ class RefineStageConfig:
     # coarse mesh tears a fine one into spikes.
     offset_learning_rate_per_edge: float = 0.0
     normal_consistency_weight: float = 1000.0  # released code; the paper says 10,000
-    normal_consistency: str = "cosine"  # released code's 1 - cos; "angle": |n1 - n2| (engine/nerf/losses.py)
+    normal_consistency: str = "cosine"  # released code's 1 - cos; "angle" |n1 - n2|, "robust" (engine/nerf/losses.py)
     laplacian_weight: float = 0.0  # optional uniform Laplacian (not in the paper's recipe)
     # Silhouette gradients for the vertices (engine/render/antialias.py; the released code renders
     # through nvdiffrast's antialias): without them the outline of the mesh cannot move.

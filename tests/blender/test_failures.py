@@ -8,7 +8,7 @@ from importlib import import_module
 
 import pytest
 
-from conftest import ADDON_MODULE, ENGINE_PYTHON, fake, snapshot
+from conftest import ADDON_MODULE, fake, snapshot
 
 
 def mod(name):

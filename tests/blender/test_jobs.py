@@ -124,7 +124,6 @@ def test_texture_several_objects_in_turn_one_undo_step(addon, bpy):
     before = snapshot(bpy)
     fake(outputs={"texture": str(_png(bpy))})
     assert run(bpy) == {'FINISHED'}
-    report = mod("exchange.queue").QUEUE
     assert len(csd_materials(bpy.data.objects["Cube"])) == 1
     assert len(csd_materials(bpy.data.objects["Sphere"])) == 1
     bpy.ops.ed.undo()
