@@ -366,6 +366,7 @@ def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
     45-degree folds (it rounds edges); the "angle" form, the reverse (it keeps flat sides flat), and
     the "robust" form more so (it sharpens edges)."""
     from engine.nerf.losses import face_adjacency, normal_consistency
+    from engine.render.antialias import edge_neighbours
 
     def strip(profile: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
         # Two triangles per profile segment, extruded along y; each fold is one adjacent pair across it.
@@ -378,7 +379,7 @@ def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
     soft = strip([(0.0, 0.0), (0.7, 0.0), (1.0, 0.3), (1.0, 1.0)])
 
     def total(mesh, form):
-        adjacency = torch.as_tensor(face_adjacency(mesh[1].numpy()))
+        adjacency = face_adjacency(edge_neighbours(mesh[1]))
         return float(normal_consistency(*mesh, adjacency, form)) * adjacency.shape[0]
 
     assert total(sharp, "cosine") > total(soft, "cosine")

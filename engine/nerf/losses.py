@@ -28,12 +28,12 @@ def sparsity_loss(opacity: Tensor) -> Tensor:
     return torch.sqrt(opacity ** 2 + 0.01).mean()
 
 
-def face_adjacency(triangles: np.ndarray) -> np.ndarray:
-    """(P, 2) pairs of faces sharing an edge."""
-    import trimesh
-
-    mesh = trimesh.Trimesh(vertices=np.zeros((int(triangles.max()) + 1, 3)), faces=triangles, process=False)
-    return np.asarray(trimesh.graph.face_adjacency(mesh=mesh), dtype=np.int64).reshape(-1, 2)
+def face_adjacency(neighbours: Tensor) -> Tensor:
+    """(P, 2) pairs of faces sharing an edge, each pair once, from `edge_neighbours(triangles)`
+    (engine/render/antialias.py): the face across each edge of each face."""
+    faces = torch.arange(neighbours.shape[0], device=neighbours.device)[:, None].expand_as(neighbours)
+    first = neighbours > faces  # also drops boundary edges (-1)
+    return torch.stack([faces[first], neighbours[first]], dim=-1)
 
 
 def unique_edges(triangles: np.ndarray) -> np.ndarray:

@@ -28,12 +28,12 @@ class RefinableMesh(torch.nn.Module):
         super().__init__()
         self.register_buffer("base", torch.as_tensor(base_positions, dtype=torch.float32))
         self.register_buffer("triangles", torch.as_tensor(triangles, dtype=torch.long))
-        self.register_buffer("adjacency", torch.as_tensor(face_adjacency(triangles)))
+        # Derived from the triangles, so not in the saved state.
+        self.register_buffer("edge_neighbours", edge_neighbours(self.triangles), persistent=False)
+        self.register_buffer("adjacency", face_adjacency(self.edge_neighbours))
         self.register_buffer("edges", torch.as_tensor(unique_edges(triangles)))
         self.offsets = torch.nn.Parameter(torch.zeros_like(self.base))
         self.texture = TextureField(hash_grid, seed=seed)
-        # Derived from the triangles, so not in the saved state.
-        self.register_buffer("edge_neighbours", edge_neighbours(self.triangles), persistent=False)
 
     def positions(self) -> Tensor:
         return self.base + self.offsets
