@@ -10,7 +10,9 @@ Prints each phase's wall time (from the job's progress events), the job's peak G
 A default run is longer than one device command may take (10 minutes), so `--stop-after-s`
 cancels the job (SIGTERM: the engine saves its state, as when an artist cancels) and a second
 command with `--resume` continues it from the saved state; the table adds the parts up, counting
-the resumed part's model loading as the cost of the interruption.
+the resumed part's model loading as the cost of the interruption. On the device tool keep --models
+and --out under /tmp and send the second command at once: the machine's copy of the repository is
+re-synced each command (a `runs/` folder there is deleted), /tmp lasts while the machine stays warm.
 
     python3 bench/bench_generate_job.py --models /tmp/models --out /tmp/job --stop-after-s 540
     python3 bench/bench_generate_job.py --models /tmp/models --out /tmp/job --resume --stop-after-s 540

@@ -361,6 +361,18 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
     assert nearest_colour(texture) == colour
 
 
+def test_bundled_preset_sees_the_object_as_the_prior_was_trained():
+    """The preset's cameras are the bundled prior's training cameras (world.json), so a retrained
+    prior with other views cannot silently keep the old ones."""
+    from engine.pipelines.generate_config import BUNDLED_PRESET_STAGE1, BUNDLED_PRESET_STAGE2
+
+    world = json.loads((Path(__file__).resolve().parents[1] / "engine" / "prior" / "bundled" / "world.json").read_text())
+    trained = {key: tuple(world["training_cameras"][key]) for key in ("elevation_deg", "distance", "fovy_deg")}
+    for preset in (BUNDLED_PRESET_STAGE1, BUNDLED_PRESET_STAGE2):
+        assert {key: tuple(value) for key, value in preset["cameras"].items()} == trained
+    assert tuple(BUNDLED_PRESET_STAGE1["elevation_no_front_deg"]) == trained["elevation_deg"]
+
+
 def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
     """A strip turning 90 degrees: the released 1 - cos form costs one sharp fold more than two
     45-degree folds (it rounds edges); the "angle" form, the reverse (it keeps flat sides flat), and
