@@ -30,6 +30,7 @@ class RefinableMesh(torch.nn.Module):
         self.register_buffer("triangles", torch.as_tensor(triangles, dtype=torch.long))
         # Derived from the triangles, so not in the saved state.
         self.register_buffer("edge_neighbours", edge_neighbours(self.triangles), persistent=False)
+        # Derived too, but saved: stage2.pt files written before carry it, and load strictly.
         self.register_buffer("adjacency", face_adjacency(self.edge_neighbours))
         self.register_buffer("edges", torch.as_tensor(unique_edges(triangles)))
         self.offsets = torch.nn.Parameter(torch.zeros_like(self.base))
