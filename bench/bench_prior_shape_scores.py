@@ -106,9 +106,11 @@ def main(argv: list[str] | None = None) -> None:
             predicted = prior.predict_noise(torch.cat([noisy] * 3), timesteps.repeat(3),
                                             embeddings.repeat_interleave(count, 0)).float()
             errors = ((predicted - eps.repeat(3, 1, 1, 1)) ** 2).mean(dim=(1, 2, 3)).reshape(3, count)
-            classifier += float((errors[1] - errors[0]).mean())
-            negative += float((errors[1] - errors[2]).mean())
-            per_level[name].append(1000 * float((errors[1] - errors[0] - args.w2 * (errors[1] - errors[2])).mean()))
+            level_classifier = float((errors[1] - errors[0]).mean())
+            level_negative = float((errors[1] - errors[2]).mean())
+            classifier += level_classifier
+            negative += level_negative
+            per_level[name].append(1000 * (level_classifier - args.w2 * level_negative))
             denoise += float(errors[0].mean())
         classifier, negative, denoise = (1000 * value / len(levels) for value in (classifier, negative, denoise))
         print(f"| {name[-40:]:40s} | {classifier:10.3f} | {negative:8.3f} | {classifier - args.w2 * negative:13.3f} "
