@@ -171,7 +171,8 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d %H:%M")}
     parts_file = Path(args.out + ".parts.jsonl")
-    with parts_file.open("a") as sink:
+    # A fresh run starts the file anew, so parts of an earlier job in the same --out are not added in.
+    with parts_file.open("a" if args.resume else "w") as sink:
         sink.write(json.dumps(part) + "\n")
     parts = [json.loads(line) for line in parts_file.read_text().splitlines()]
 

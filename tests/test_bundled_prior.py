@@ -212,3 +212,32 @@ def test_training_data_renders_with_the_engine_renderer():
     assert coverage.shape == (12, 16, 16)
     degraded = [text for text, flags in zip(scenes.captions, scenes.degrade) if flags.any() and text]
     assert all(any(d in text for d in DEGRADATIONS) for text in degraded)
+
+
+def test_training_pauses_by_its_deadline_and_continues_from_its_state(tmp_path):
+    """One training run split over time-limited commands: each saves its state and stops by the
+    deadline, and the same command continues from that state until the last step. The run is a
+    variant (2 resnets per block, views from below), which export.py rebuilds from its run.json."""
+    from training.bundled_prior import export, train
+
+    run, state = tmp_path / "run", tmp_path / "state.pt"
+    args = ["--out", str(run), "--steps", "3", "--batch", "2", "--views", "8", "--variants", "1", "--workers", "0",
+            "--device", "cpu", "--warmup", "1", "--sample-steps", "1", "--log-every", "1", "--state", str(state),
+            "--bank-cache", str(tmp_path / "bank.pt"), "--layers-per-block", "2", "--elevation", "-45", "60",
+            "--deadline", "1"]  # already past when training starts: every command trains one step, then pauses
+    for expected in (1, 2):
+        train.main(args)
+        saved = torch.load(state, weights_only=False)
+        assert saved["step"] == expected and saved["total"] == 3 and saved["resumes"] == expected - 1
+        assert {float(s["step"]) for s in saved["optimizer"]["state"].values()} == {float(expected)}
+        assert not (run / "prior_fp16.safetensors").exists()
+    train.main(args)
+    log = (run / "train_log.txt").read_text()
+    assert log.count("continuing from") == 2 and "step 3/3" in log and "training done: 3 steps" in log
+    bank = torch.load(tmp_path / "bank.pt", weights_only=False)
+    assert bank.cameras.elevation.min() >= -45 and bank.cameras.elevation.max() <= 60
+
+    export.main(["--weights", str(run / "prior_fp16.safetensors"), "--out", str(tmp_path / "folder")])
+    unet_config = json.loads((tmp_path / "folder" / "unet" / "config.json").read_text())
+    world = json.loads((tmp_path / "folder" / "world.json").read_text())
+    assert unet_config["layers_per_block"] == 2 and world["training_cameras"]["elevation_deg"] == [-45.0, 60.0]

@@ -85,9 +85,10 @@ def test_judge_weights_are_small_and_independent_of_the_prior():
 def held_out():
     """Renders the judge never saw: a fresh shape bank, cameras and scenes from HELD_OUT_SEED, 64 px."""
     from training.bundled_prior.dataset import BankConfig, SceneSampler, build_bank, compose
+    from training.bundled_prior.train_judge import JUDGE_CAMERAS
 
     bank = build_bank(BankConfig(views=40, resolution=64, supersample=2, variants_per_shape=2, views_per_draw=4,
-                                 seed=HELD_OUT_SEED), "cpu", log=None)
+                                 seed=HELD_OUT_SEED, cameras=JUDGE_CAMERAS), "cpu", log=None)
     sampler = SceneSampler(bank.shape.numpy(), bank.cameras.azimuth.numpy(), seed=HELD_OUT_SEED,
                            empty_prompt_prob=0.0, view_word_prob=0.0, degrade_prob=0.0)
     scenes = sampler.sample(160)

@@ -105,10 +105,11 @@ def build_text_encoder(vocab_size: int):
     return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, **TEXT_CONFIG))
 
 
-def build_unet():
+def build_unet(**overrides):
+    """The shipped architecture, or a variant of it (`overrides` of UNET_CONFIG, e.g. layers_per_block)."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**UNET_CONFIG)
+    return UNet2DConditionModel(**{**UNET_CONFIG, **overrides})
 
 
 def build_scheduler():

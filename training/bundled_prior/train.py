@@ -1,6 +1,7 @@
 """Train the bundled prior (a tiny text-to-image pixel diffusion model) on the attribute world.
 
     python -m training.bundled_prior.train --out runs/prior [--steps N | --minutes M] [--seed 0] [--init WEIGHTS]
+        [--state FILE --deadline S]   # pause by S seconds, continue with the same command
     python -m training.bundled_prior.export --weights runs/prior/prior_fp16.safetensors --out engine/prior/bundled
 
 The shipped weights: see training/bundled_prior/README.md (the exact command and its log).
@@ -14,6 +15,7 @@ shipped are an exponential moving average of the trained ones, in fp16.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -24,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import BankConfig, SceneSampler, build_bank, compose, contact_sheet
-from .model import RESOLUTION, build_scheduler, build_text_encoder, build_tokenizer, build_unet, encode_texts
+from .dataset import TRAIN_CAMERAS, BankConfig, SceneSampler, build_bank, compose, contact_sheet
+from .model import RESOLUTION, UNET_CONFIG, build_scheduler, build_text_encoder, build_tokenizer, build_unet, \
+    encode_texts
 from .world import vocabulary
 
 
@@ -118,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: fit --minutes after a timing pass)")
     parser.add_argument("--minutes", type=float, default=6.0, help="training-time budget when --steps is 0")
     parser.add_argument("--deadline", type=float, default=0.0,
-                        help="seconds from start by which training must end when --steps is 0 (keeps a device "
-                             "command inside its time limit; 0: none)")
+                        help="seconds from start by which this command must end (keeps a device command inside "
+                             "its time limit; 0: none): with --state the run pauses by then, else --steps 0 fits "
+                             "the whole run before it")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=8e-4)
     parser.add_argument("--warmup", type=int, default=300)
@@ -134,7 +138,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", default="",
                         help="continue from these fp16 weights (a run's prior_fp16.safetensors, or the shipped "
                              "engine/prior/bundled folder); the optimiser and the lr schedule start afresh")
+    parser.add_argument("--state", default="",
+                        help="training-state file: with --deadline the run saves its state there and stops when "
+                             "the deadline nears; the same command then continues from it (one run split over "
+                             "several time-limited device commands)")
+    parser.add_argument("--bank-cache", default="",
+                        help="keep the G-buffer bank in this file (built once, loaded by a continued run)")
+    parser.add_argument("--layers-per-block", type=int, default=UNET_CONFIG["layers_per_block"],
+                        help="resnets per UNet block (a variant of the shipped architecture)")
+    parser.add_argument("--elevation", type=float, nargs=2, default=TRAIN_CAMERAS.elevation_deg,
+                        metavar=("MIN", "MAX"), help="the training cameras' elevation range, degrees")
     args = parser.parse_args(argv)
+    state_path = Path(args.state) if args.state else None
+    resuming = state_path is not None and state_path.exists()
+    unet_overrides = {"layers_per_block": args.layers_per_block}
+    cameras = dataclasses.replace(TRAIN_CAMERAS, elevation_deg=tuple(args.elevation))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,16 +176,23 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}")
 
     start = time.time()
-    bank = build_bank(BankConfig(views=args.views, variants_per_shape=args.variants, seed=args.seed), device, log)
+    bank_cache = Path(args.bank_cache) if args.bank_cache else None
+    if bank_cache is not None and bank_cache.exists():
+        bank = torch.load(bank_cache, map_location=device, weights_only=False)
+    else:
+        bank = build_bank(BankConfig(views=args.views, variants_per_shape=args.variants, seed=args.seed,
+                                     cameras=cameras), device, log)
+        if bank_cache is not None:
+            torch.save(bank, bank_cache)
     log(f"bank of {len(bank)} g-buffers in {time.time() - start:.1f} s")
 
     tokenizer = build_tokenizer(vocabulary())
     torch.manual_seed(args.seed)
-    unet = build_unet().to(device)
+    unet = build_unet(**unet_overrides).to(device)
     text_encoder = build_text_encoder(tokenizer.get_vocab_size()).to(device)
-    ema_unet = build_unet().to(device)
+    ema_unet = build_unet(**unet_overrides).to(device)
     ema_text = build_text_encoder(tokenizer.get_vocab_size()).to(device)
-    if args.init:
+    if args.init and not resuming:
         unet_state, text_state = load_fp16_weights(Path(args.init))
         unet.load_state_dict(unet_state)
         text_encoder.load_state_dict(text_state)
@@ -182,14 +207,25 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01,
                                   fused=device.type == "cuda")
     alphas_cumprod = build_scheduler().alphas_cumprod.to(device)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 1)
+    step, total, resumes = 0, args.steps, 0
+    if resuming:
+        saved = torch.load(state_path, map_location=device, weights_only=False)
+        for module, key in ((unet, "unet"), (text_encoder, "text_encoder"), (ema_unet, "ema_unet"),
+                            (ema_text, "ema_text")):
+            module.load_state_dict(saved[key])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"].cpu())
+        step, total, resumes = saved["step"], saved["total"], saved["resumes"] + 1
+        log(f"continuing from {state_path} at step {step}/{total}")
 
+    # A continued run reseeds its data workers (their streams cannot be saved), so it sees new scenes.
     stream = SceneStream(bank.shape.cpu().numpy(), bank.cameras.azimuth.cpu().numpy(), tokenizer.to_str(),
-                         args.batch, args.seed, args.empty_prompt_prob)
+                         args.batch, args.seed + 7919 * resumes, args.empty_prompt_prob)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
                                          pin_memory=device.type == "cuda")
     batches = iter(loader)
-    generator = torch.Generator(device=device).manual_seed(args.seed + 1)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
         torch.autocast(device_type="cpu", enabled=False)
 
@@ -221,9 +257,15 @@ def main(argv: list[str] | None = None) -> None:
         ema_update(ema_text, text_encoder, decay)
         return loss
 
-    total = args.steps
-    step = 0
-    if total <= 0:
+    def save_state() -> None:
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "step": step,
+                    "total": total, "resumes": resumes}, tmp)
+        os.replace(tmp, state_path)
+
+    if total <= 0 and not resuming:
         # Timing pass: these steps are part of the run (their lr follows a provisional schedule of 10^4 steps).
         calibrate = 60
         for step in range(calibrate):
@@ -236,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.synchronize()
         per_step = (time.time() - t0) / (calibrate - 20)
         budget = args.minutes * 60
-        if args.deadline > 0:
+        if args.deadline > 0 and state_path is None:
             budget = min(budget, args.deadline - (time.time() - start))
         total = max(int(budget / per_step) // 100 * 100, calibrate + 100)
         step = calibrate
@@ -244,20 +286,34 @@ def main(argv: list[str] | None = None) -> None:
             f"(reproduce with --steps {total})")
     losses = []
     train_start = time.time()
+    step_start, slowest = time.time(), 0.0
     while step < total:
         loss = train_step(step, total)
         losses.append(loss.detach())
         step += 1
+        now = time.time()
+        slowest, step_start = max(slowest, now - step_start) if step > 5 else 0.0, now
+        # Pausing leaves room for the state file and a few slow steps before the deadline.
+        if (state_path is not None and args.deadline > 0 and step < total
+                and now - start > args.deadline - 30 - 5 * slowest):
+            save_state()
+            log(f"paused at step {step}/{total} after {now - train_start:.0f} s; saved {state_path}: "
+                f"run the same command again to continue")
+            log_file.close()
+            return
         if step % args.log_every == 0 or step == total:
             mean = torch.stack(losses).mean().item()
             losses = []
             elapsed = time.time() - train_start
             log(f"step {step}/{total} loss {mean:.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
                 f"{elapsed:.0f} s; waiting for data {1000 * float(np.mean(waits[-args.log_every:])):.1f} ms/step")
-    log(f"training done: {total} steps in {time.time() - train_start:.0f} s")
+    log(f"training done: {total} steps ({time.time() - train_start:.0f} s in this command)")
 
     save_weights(out / "prior_fp16.safetensors", ema_unet, ema_text)
-    log("saved prior_fp16.safetensors")
+    # What export.py needs to rebuild this run's model and describe its world.
+    (out / "run.json").write_text(json.dumps({"unet": unet_overrides, "training_cameras": dataclasses.asdict(cameras)},
+                                             indent=2) + "\n")
+    log("saved prior_fp16.safetensors and run.json")
     try:
         from PIL import Image
 

@@ -21,11 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.config import CameraConfig
 from engine.judge import judge_colour, top_colours
 from engine.judge.classifier import JudgeNet, save_judge
 from engine.judge.palette import COLOURS, PATTERNS
 
 from .dataset import BankConfig, SceneSampler, build_bank, compose
+
+# The views the shipped judge was trained and evaluated on (the prior's, before its world looked from below).
+JUDGE_CAMERAS = CameraConfig(elevation_deg=(-15.0, 55.0), azimuth_deg=(-180.0, 180.0), distance=(2.5, 3.3),
+                             fovy_deg=(22.0, 46.0))
 
 
 class JudgeStream(torch.utils.data.IterableDataset):
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     log(f"args {json.dumps(vars(args))}")
     start = time.time()
-    bank = build_bank(BankConfig(views=args.views, resolution=64, supersample=2, seed=args.seed), device, log)
+    bank = build_bank(BankConfig(views=args.views, resolution=64, supersample=2, seed=args.seed,
+                                 cameras=JUDGE_CAMERAS), device, log)
     log(f"training bank {len(bank)} views in {time.time() - start:.0f} s")
     model = JudgeNet().to(device)
     log(f"judge params {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M")
@@ -167,8 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     del bank
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    eval_bank = build_bank(BankConfig(views=args.eval_views, resolution=64, supersample=2, seed=args.eval_seed),
-                           device, log)
+    eval_bank = build_bank(BankConfig(views=args.eval_views, resolution=64, supersample=2, seed=args.eval_seed,
+                                      cameras=JUDGE_CAMERAS), device, log)
     from engine.judge.classifier import load_judge
 
     fp16_model = load_judge(out / "judge.safetensors", device)
