@@ -42,13 +42,15 @@ def unique_edges(triangles: np.ndarray) -> np.ndarray:
     return np.unique(edges, axis=0)
 
 
-ROBUST_SCALE = 0.25  # |n1 - n2| of a 14-degree bend: where the "robust" form stops growing linearly
+# |n1 - n2| of a 29-degree bend, where the "robust" form stops growing linearly. At 0.25 (14 degrees)
+# it creased the bundled prior's spheres; at 0.5 they stay rounder and its cubes as flat (docs/benchmarks.md).
+ROBUST_SCALE = 0.5
 
 
 def normal_consistency(positions: Tensor, triangles: Tensor, adjacency: Tensor, form: str = "cosine") -> Tensor:
     """Mean over adjacent face pairs of 1 - cos(angle between their normals) ("cosine", the
     released code's), of |n1 - n2| = sqrt(2 (1 - cos)) ("angle", ~ the angle itself), or of
-    log(1 + |n1 - n2| / 0.25) ("robust").
+    log(1 + |n1 - n2| / ROBUST_SCALE) ("robust").
 
     1 - cos ~ angle^2 / 2 makes many slight bends cheaper than one sharp one, so it rounds edges;
     the angle form costs a bend in proportion to its angle, so it keeps flat sides and sharp edges;
