@@ -387,18 +387,22 @@ def test_edge_neighbours_pair_up_the_faces_of_a_closed_mesh() -> None:
     assert (edge_neighbours(open_square) < 0).sum() == 4  # the square's outline
 
 
-def test_face_adjacency_is_trimeshs() -> None:
+def test_face_adjacency_and_edges_are_trimeshs() -> None:
     """Stage 2's normal-consistency pairs, from the antialiasing's edge neighbours: each pair of
-    faces sharing an edge once, as trimesh finds them; an open mesh's outline adds none."""
+    faces sharing an edge once, as trimesh finds them; an open mesh's outline adds none. The
+    Laplacian's edges, from the same pass: trimesh's unique edges, in lexicographic order (the
+    order that saved stage-2 states hold)."""
     import trimesh
 
     from engine.nerf.losses import face_adjacency
-    from engine.render.antialias import edge_neighbours
+    from engine.render.antialias import edges_and_neighbours
 
     for positions, triangles in (sphere(6), quad(0.0, 0.4)):
-        pairs = face_adjacency(edge_neighbours(triangles))
+        edges, neighbours = edges_and_neighbours(triangles)
+        pairs = face_adjacency(neighbours)
         mesh = trimesh.Trimesh(positions.numpy(), triangles.numpy(), process=False)
         assert sorted(map(sorted, pairs.tolist())) == sorted(map(sorted, mesh.face_adjacency.tolist()))
+        assert edges.tolist() == sorted(sorted(edge) for edge in mesh.edges_unique.tolist())
 
 
 def square_coverage(scale: torch.Tensor, size: int, antialiased: bool) -> torch.Tensor:

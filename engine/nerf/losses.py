@@ -8,7 +8,6 @@ Laplacian on the vertices.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,12 +33,6 @@ def face_adjacency(neighbours: Tensor) -> Tensor:
     faces = torch.arange(neighbours.shape[0], device=neighbours.device)[:, None].expand_as(neighbours)
     first = neighbours > faces  # also drops boundary edges (-1)
     return torch.stack([faces[first], neighbours[first]], dim=-1)
-
-
-def unique_edges(triangles: np.ndarray) -> np.ndarray:
-    """(E, 2) undirected edges, each once."""
-    edges = np.sort(triangles[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    return np.unique(edges, axis=0)
 
 
 # |n1 - n2| of a 29-degree bend, where the "robust" form stops growing linearly. At 0.25 (14 degrees)

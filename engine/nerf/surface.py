@@ -15,10 +15,10 @@ from torch import Tensor
 
 from ..config import HashGridConfig
 from ..field.texture_field import TextureField
-from ..render.antialias import antialias, edge_neighbours
+from ..render.antialias import antialias, edges_and_neighbours
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer, render_gbuffer
-from .losses import face_adjacency, laplacian_loss, normal_consistency, unique_edges
+from .losses import face_adjacency, laplacian_loss, normal_consistency
 
 
 class RefinableMesh(torch.nn.Module):
@@ -29,10 +29,11 @@ class RefinableMesh(torch.nn.Module):
         self.register_buffer("base", torch.as_tensor(base_positions, dtype=torch.float32))
         self.register_buffer("triangles", torch.as_tensor(triangles, dtype=torch.long))
         # Derived from the triangles, so not in the saved state.
-        self.register_buffer("edge_neighbours", edge_neighbours(self.triangles), persistent=False)
+        edges, neighbours = edges_and_neighbours(self.triangles)
+        self.register_buffer("edge_neighbours", neighbours, persistent=False)
         # Derived too, but saved: stage2.pt files written before carry it, and load strictly.
         self.register_buffer("adjacency", face_adjacency(self.edge_neighbours))
-        self.register_buffer("edges", torch.as_tensor(unique_edges(triangles)))
+        self.register_buffer("edges", edges)
         self.offsets = torch.nn.Parameter(torch.zeros_like(self.base))
         self.texture = TextureField(hash_grid, seed=seed)
 

@@ -28,10 +28,16 @@ from .gbuffer import GBuffer
 def edge_neighbours(triangles: Tensor) -> Tensor:
     """(F, 3) the face across edge k = (corner k, corner k+1) of each face, -1 on a boundary
     (and where more than two faces share an edge, an arbitrary one of the others)."""
+    return edges_and_neighbours(triangles)[1]
+
+
+def edges_and_neighbours(triangles: Tensor) -> tuple[Tensor, Tensor]:
+    """The mesh's undirected edges (E, 2), each once, in lexicographic order, and `edge_neighbours`:
+    both from one pass over the faces' edges."""
     count = triangles.shape[0]
     starts, ends = triangles, triangles.roll(-1, dims=1)
     keys = torch.stack([torch.minimum(starts, ends), torch.maximum(starts, ends)], dim=-1).reshape(-1, 2)
-    _, edge_id = torch.unique(keys, dim=0, return_inverse=True)
+    edges, edge_id = torch.unique(keys, dim=0, return_inverse=True)
     slot = torch.arange(count * 3, device=triangles.device)
     order = torch.argsort(edge_id, stable=True)
     sorted_edges = edge_id[order]
@@ -40,7 +46,7 @@ def edge_neighbours(triangles: Tensor) -> Tensor:
     partner = torch.full_like(slot, -1)
     first, second = order[:-1][same_as_next[:-1]], order[1:][same_as_next[:-1]]
     partner[first], partner[second] = second, first
-    return torch.where(partner >= 0, torch.div(partner, 3, rounding_mode="floor"), partner).reshape(count, 3)
+    return edges, torch.where(partner >= 0, torch.div(partner, 3, rounding_mode="floor"), partner).reshape(count, 3)
 
 
 def _next(values: Tensor, axis: int) -> Tensor:
