@@ -28,7 +28,8 @@ from engine.judge.palette import COLOURS, PATTERNS
 
 from .dataset import BankConfig, SceneSampler, build_bank, compose
 
-# The views the shipped judge was trained and evaluated on (the prior's, before its world looked from below).
+# The views the shipped judge was trained and evaluated on (the shipped prior's too), kept apart so that a
+# prior trained on other views (train.py --elevation) leaves the judge's recipe as it was.
 JUDGE_CAMERAS = CameraConfig(elevation_deg=(-15.0, 55.0), azimuth_deg=(-180.0, 180.0), distance=(2.5, 3.3),
                              fovy_deg=(22.0, 46.0))
 
