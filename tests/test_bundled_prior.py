@@ -234,7 +234,7 @@ def test_training_pauses_by_its_deadline_and_continues_from_its_state(tmp_path):
     train.main(args)
     log = (run / "train_log.txt").read_text()
     assert log.count("continuing from") == 2 and "step 3/3" in log and "training done: 3 steps" in log
-    bank = torch.load(tmp_path / "bank.pt", weights_only=False)
+    bank = torch.load(tmp_path / "bank.pt", weights_only=False)["bank"]
     assert bank.cameras.elevation.min() >= -45 and bank.cameras.elevation.max() <= 60
 
     export.main(["--weights", str(run / "prior_fp16.safetensors"), "--out", str(tmp_path / "folder")])

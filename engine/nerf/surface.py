@@ -28,10 +28,10 @@ class RefinableMesh(torch.nn.Module):
         super().__init__()
         self.register_buffer("base", torch.as_tensor(base_positions, dtype=torch.float32))
         self.register_buffer("triangles", torch.as_tensor(triangles, dtype=torch.long))
-        # Derived from the triangles, so not in the saved state.
         edges, neighbours = edges_and_neighbours(self.triangles)
+        # Derived from the triangles, so not in the saved state.
         self.register_buffer("edge_neighbours", neighbours, persistent=False)
-        # Derived too, but saved: stage2.pt files written before carry it, and load strictly.
+        # Derived too, but saved: stage2.pt files written before carry them, and load strictly.
         self.register_buffer("adjacency", face_adjacency(self.edge_neighbours))
         self.register_buffer("edges", edges)
         self.offsets = torch.nn.Parameter(torch.zeros_like(self.base))

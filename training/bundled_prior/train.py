@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                              "the deadline nears; the same command then continues from it (one run split over "
                              "several time-limited device commands)")
     parser.add_argument("--bank-cache", default="",
-                        help="keep the G-buffer bank in this file (built once, loaded by a continued run)")
+                        help="keep the G-buffer bank in this file (built once, loaded by a continued run with the "
+                             "same bank settings)")
     parser.add_argument("--layers-per-block", type=int, default=UNET_CONFIG["layers_per_block"],
                         help="resnets per UNet block (a variant of the shipped architecture)")
     parser.add_argument("--elevation", type=float, nargs=2, default=TRAIN_CAMERAS.elevation_deg,
@@ -176,14 +177,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}")
 
     start = time.time()
+    bank_config = BankConfig(views=args.views, variants_per_shape=args.variants, seed=args.seed, cameras=cameras)
     bank_cache = Path(args.bank_cache) if args.bank_cache else None
-    if bank_cache is not None and bank_cache.exists():
-        bank = torch.load(bank_cache, map_location=device, weights_only=False)
+    cached = torch.load(bank_cache, map_location=device, weights_only=False) if bank_cache and bank_cache.exists() \
+        else None
+    # A cache built for other views, meshes or seed is rebuilt, never silently trained on.
+    if cached is not None and cached["config"] == bank_config:
+        bank = cached["bank"]
     else:
-        bank = build_bank(BankConfig(views=args.views, variants_per_shape=args.variants, seed=args.seed,
-                                     cameras=cameras), device, log)
+        bank = build_bank(bank_config, device, log)
         if bank_cache is not None:
-            torch.save(bank, bank_cache)
+            torch.save({"config": bank_config, "bank": bank}, bank_cache)
     log(f"bank of {len(bank)} g-buffers in {time.time() - start:.1f} s")
 
     tokenizer = build_tokenizer(vocabulary())
