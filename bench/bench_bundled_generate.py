@@ -54,9 +54,13 @@ VARIANTS: dict[str, dict] = {
 PROMPTS = ("a blue cube", "a red sphere")
 
 
-def run_one(variant: str, settings: dict, prompt: str, seed: int, out: Path, sizes: dict) -> dict:
+def run_one(variant: str, settings: dict, prompt: str, seed: int, out: Path, sizes: dict,
+            stage1_from: Path | None = None) -> dict:
     job = out / f"{variant}__{prompt.replace(' ', '_')}__{seed}"
     job.mkdir(parents=True, exist_ok=True)
+    if stage1_from is not None:
+        state = stage1_from / f"{prompt.replace(' ', '_')}__{seed}" / "stage1.pt"
+        sizes = {**sizes, "stages": "2", "stage1_state": str(state.resolve())}
     merged = deep_merge({"prompt": prompt, "seed": seed, "device": "cpu", "preview_every": 0, "checkpoint_every": 0,
                          **sizes}, settings)
     (job / "job.json").write_text(json.dumps({"protocol": 1, "task": "generate", "output": "out",
@@ -115,6 +119,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     parser.add_argument("--small", action="store_true",
                         help="a 4000-triangle mesh and 128 px texture (default: the CLI's sizes)")
+    parser.add_argument("--stage1-from", type=Path, default=None, metavar="DIR",
+                        help="run stage 2 only, from DIR/PROMPT__SEED/stage1.pt (PROMPT with _ for spaces), "
+                             "e.g. the job folders of `generate --stages 1`: a sweep of stage-2 settings")
     args = parser.parse_args()
     import torch
 
@@ -131,7 +138,7 @@ def main() -> None:
             for seed in args.seeds]
     rows = []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, open(out / "rows.jsonl", "a") as log:
-        futures = [pool.submit(run_one, *item, out, sizes) for item in work]
+        futures = [pool.submit(run_one, *item, out, sizes, args.stage1_from) for item in work]
         for future in concurrent.futures.as_completed(futures):
             row = future.result()
             rows.append(row)

@@ -40,6 +40,7 @@ from ..render.cameras import sample_cameras
 from ..render.shading import sample_backgrounds, sample_lighting, shade
 from .edit import SOURCE_HINT, encode_edit_prompts, preservation_loss
 from .edit_config import EditJobConfig
+from .generate import ShapeRegulariser
 from .generate_config import RefineStageConfig
 from .texture import PreparedMesh, export_textured_mesh, optimise, save_corner_uvs, save_state
 
@@ -90,6 +91,8 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
         cancel.check()
 
     # 3. Optimisation: Eq. 11, the refinement's regulariser, and the pull back towards the source.
+    regulariser = ShapeRegulariser(refine)
+
     def edit_step(step: int) -> torch.Tensor:
         cameras = sample_cameras(cameras_config, 1, generator).to(device)
         lighting = sample_lighting(cameras, generator) if config.lighting else None
@@ -100,9 +103,7 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
             rgb = mesh.antialias(rgb, view)
         x = prior.images_to_model_input(rgb.permute(0, 3, 1, 2))
         loss = score_distillation_loss(prior, x, embeddings, config.guidance, step, generator).loss
-        loss = loss + refine.normal_consistency_weight * mesh.normal_consistency(refine.normal_consistency)
-        if refine.laplacian_weight:
-            loss = loss + refine.laplacian_weight * mesh.laplacian()
+        loss = loss + regulariser(mesh, step)
         if config.preserve_weight > 0:
             with torch.no_grad():
                 source_view, source_albedo = source_mesh.render(cameras, config.render_size)

@@ -47,6 +47,7 @@ from ..nerf.field import NerfField
 from ..nerf.losses import ramp, sparsity_loss
 from ..nerf.occupancy import OccupancyGrid
 from ..nerf.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings)
+from ..nerf.planar import PlanarRegions, find_planar_regions, planar_loss
 from ..nerf.renderer import (GEOMETRY_ALBEDO, RAY_CHUNK, NerfModel, render_nerf, render_rays, shade_albedo,
                              shade_geometry)
 from ..nerf.surface import RefinableMesh
@@ -379,6 +380,7 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
         return mesh
 
     reporter.stage("optimising (stage 2: mesh refinement)")
+    regulariser = ShapeRegulariser(stage)
     step = start
     try:
         for step in range(start, stage.steps):
@@ -396,9 +398,7 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
                 image = mesh.antialias(image, view)
             x = encoder.encode(image.permute(0, 3, 1, 2))
             distill = score_distillation_loss(prior, x, embeddings, guidance, step, generator)
-            loss = distill.loss + stage.normal_consistency_weight * mesh.normal_consistency(stage.normal_consistency)
-            if stage.laplacian_weight:
-                loss = loss + stage.laplacian_weight * mesh.laplacian()
+            loss = distill.loss + regulariser(mesh, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -416,6 +416,28 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
         raise
     save_mesh_state(context, mesh, optimizer, generator, stage.steps, config, extra)
     return mesh
+
+
+class ShapeRegulariser:
+    """Stage 2's geometric losses on the refinable mesh: normal consistency, and where the settings
+    ask for them the Laplacian and the planar regions (searched anew every `planar_every` steps).
+    Geometry edits continue the refinement with the same losses."""
+
+    def __init__(self, stage: RefineStageConfig):
+        self.stage = stage
+        self.regions: PlanarRegions | None = None
+
+    def __call__(self, mesh: RefinableMesh, step: int) -> torch.Tensor:
+        stage = self.stage
+        loss = stage.normal_consistency_weight * mesh.normal_consistency(stage.normal_consistency)
+        if stage.laplacian_weight:
+            loss = loss + stage.laplacian_weight * mesh.laplacian()
+        if stage.planar_weight:
+            if self.regions is None or step % stage.planar_every == 0:
+                self.regions = find_planar_regions(mesh.positions().detach(), mesh.triangles, mesh.adjacency,
+                                                   stage.planar_angle_deg, stage.planar_min_share)
+            loss = loss + stage.planar_weight * planar_loss(mesh.positions(), mesh.triangles, self.regions)
+        return loss
 
 
 def _sample_unit_cameras(stage: RefineStageConfig, generator: torch.Generator, device: torch.device) -> Cameras:

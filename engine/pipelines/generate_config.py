@@ -173,6 +173,11 @@ class RefineStageConfig:
     normal_consistency_weight: float = 1000.0  # released code; the paper says 10,000
     normal_consistency: str = "cosine"  # released code's 1 - cos; "angle" |n1 - n2|, "robust" (engine/nerf/losses.py)
     laplacian_weight: float = 0.0  # optional uniform Laplacian (not in the paper's recipe)
+    # Optional (not in the paper's recipe): big nearly-flat patches made flat (engine/nerf/planar.py).
+    planar_weight: float = 0.0
+    planar_angle_deg: float = 15.0  # faces within this of a region's normal belong to it
+    planar_min_share: float = 0.06  # the least share of the surface area a region covers
+    planar_every: int = 10  # steps between region searches
     # Silhouette gradients for the vertices (engine/render/antialias.py; the released code renders
     # through nvdiffrast's antialias): without them the outline of the mesh cannot move.
     antialias: bool = True
@@ -209,11 +214,15 @@ class RefineStageConfig:
             raise BadInputError(f"stage2.normal_consistency must be one of {', '.join(NORMAL_CONSISTENCY_FORMS)}.", "")
         if not isinstance(self.start_fit_steps, int) or self.start_fit_steps < 0:
             raise BadInputError("stage2.start_fit_steps must be an integer >= 0.", "")
-        for name in ("normal_consistency_weight", "laplacian_weight"):
+        for name in ("normal_consistency_weight", "laplacian_weight", "planar_weight"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise BadInputError(f"stage2.{name} must be a non-negative number.", "")
+        if not (isinstance(self.planar_angle_deg, (int, float)) and 0 < self.planar_angle_deg < 90):
+            raise BadInputError(f"stage2.planar_angle_deg must be between 0 and 90, got {self.planar_angle_deg!r}.", "")
+        if not isinstance(self.planar_every, int) or self.planar_every < 1:
+            raise BadInputError("stage2.planar_every must be a positive integer.", "")
         _check_geometry_render("stage2", self.geometry_render)
-        for name in ("geometry_render_prob", "lighting_prob"):
+        for name in ("geometry_render_prob", "lighting_prob", "planar_min_share"):
             _check_probability(f"stage2.{name}", getattr(self, name))
         self.guidance.validate()
         self.cameras.validate()
