@@ -36,8 +36,13 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 # The paper's settings are for DeepFloyd IF / Stable Diffusion; with this prior they make a grey
 # ball (measured: docs/benchmarks.md, "Generate with the bundled prior"). These replace them in each
 # stage guided by the bundled prior, under the settings the user gives (GenerateJobConfig.defaults_for):
-#   - cameras, lighting and background as in the prior's training renders (world.json): it knows
-#     objects only as framed, lit and set on solid colours there;
+#   - lighting, background, distance and field of view as in the prior's training renders
+#     (world.json): it knows objects only as framed, lit and set on solid colours there;
+#   - stage 1 looks from its training views' lower elevations only, -15..25 degrees: from above, a
+#     box and a box narrowing to a rounded bottom look alike at 32 px, and the NeRF kept the ball it
+#     starts from under a flat lid; level views show the sides' full height;
+#   - stage 1 draws t from 0.3, not 0.02: at low noise this prior's score prefers tapered, rounded
+#     and legged shapes to a cube, from t = 0.17 up the cube (docs/benchmarks.md, the probe);
 #   - no geometry-only renders: grey shaded objects are "gray" objects in its world;
 #   - in stage 1, w2 = 0.5 throughout: the default negative prompt at w2 -> 1 rounds every shape into a ball,
 #     w2 = 0 (pure Eq. 7) exaggerates a cube into a spiky star, 0.3 into a box with hollow sides;
@@ -45,24 +50,27 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 #     towards brown (paper 5.3 also lowers w2 to keep the prompt's colours);
 #   - renders at the prior's 32 px, 6 hash-grid levels (finest ~80 cells: smooth at 32 px, and
 #     cheap on a CPU), learning rate 1e-2 so 300 steps suffice;
-#   - the isosurface at density 2.5: a 300-step NeRF's densities peak near 15, so 10 is its core;
+#   - the isosurface at density 2.5 (a 300-step NeRF's densities peak near 15, so 10 is its core),
+#     marching cubes on a 64^3 grid (at 128^3 the moving vertices of its slivers grow needles), and
+#     the density opened by 0.08 first: thin legs under the object go;
 #   - stage 2 reshapes the mesh for 300 steps under the "angle" normal consistency |n1 - n2|
 #     (weight 200), which keeps flat sides and edges where the released 1 - cos rounds them,
 #     with each vertex step 0.11 edge lengths (a fixed step tuned on a coarse mesh tears a fine
-#     one into spikes): 11-17% of the cube's area on flat sides, against 1-5% unmoved;
-#   - marching cubes on a 64^3 grid: at 128^3 the moving vertices of its slivers grow needles.
+#     one into spikes), and flattens the big nearly-flat patches (engine/nerf/planar.py: within
+#     30 degrees, at least 10% of the area; a ball, a cylinder's wall and a torus have none).
 BUNDLED_PRESET_STAGE1 = {
     "steps": 300, "render_size": 32, "samples_per_ray": 64, "occupancy_resolution": 32, "batch_size_no_front": 1,
     "learning_rate": 1e-2, "lighting_prob": 0.85, "geometry_render_prob": 0.0, "random_background_prob": 1.0,
-    "elevation_no_front_deg": (-15.0, 55.0),
-    "guidance": {"w2_start": 0.5, "w2_end": 0.5},
-    "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
+    "elevation_no_front_deg": (-15.0, 25.0),
+    "guidance": {"w2_start": 0.5, "w2_end": 0.5, "t_min": 0.3},
+    "cameras": {"elevation_deg": (-15.0, 25.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
     "hash_grid": {"levels": 6, "log2_table_size": 15},
 }
-BUNDLED_PRESET_EXTRACT = {"threshold": 2.5, "resolution": 64, "target_triangles": 10_000}
+BUNDLED_PRESET_EXTRACT = {"threshold": 2.5, "resolution": 64, "target_triangles": 10_000, "opening_radius": 0.08}
 BUNDLED_PRESET_STAGE2 = {
     "steps": 300, "start_fit_steps": 100, "lighting_prob": 0.85, "geometry_render_prob": 0.0,
     "normal_consistency": "angle", "normal_consistency_weight": 200.0, "offset_learning_rate_per_edge": 0.11,
+    "planar_weight": 300.0, "planar_angle_deg": 30.0, "planar_min_share": 0.1,
     "guidance": {"w2_start": 0.0, "w2_end": 0.0},
     "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
     "hash_grid": {"log2_table_size": 15},
