@@ -560,6 +560,29 @@ def test_generated_assets_edit_appearance_or_geometry(generated, tmp_path, geome
     assert any(e["event"] == "preview" for e in events_of(job_dir))
 
 
+def test_geometry_edits_leave_out_the_planar_regions(generated, tmp_path, monkeypatch):
+    """An asset refined with planar regions: its geometry edit continues the refinement's losses
+    but these, which would hold its flat sides flat against an edit that rounds them."""
+    import engine.pipelines.generate as generate
+
+    job_dir = tmp_path / "job"
+    shutil.copytree(generated, job_dir / "asset")
+    state_path = job_dir / "asset" / "stage2.pt"
+    state = torch.load(state_path, weights_only=False)
+    state["settings"]["planar_weight"] = 300.0
+    torch.save(state, state_path)
+
+    def never(*args):
+        raise AssertionError("a geometry edit searched planar regions")
+
+    monkeypatch.setattr(generate, "find_planar_regions", never)
+    settings = {"target_prompt": "a blue sphere", "edit_prompt": "red", "steps": 2, "device": "cpu",
+                "render_size": 32, "preview_every": 0, "edit_geometry": True}
+    code, _, _ = run_edit_job(job_dir, "asset", settings)
+    assert code == 0, (job_dir / "out" / "result.json").read_text()
+    assert summary_of(job_dir)["mean_vertex_move"] > 0
+
+
 # ------------------------------------------------------------------ the bundled prior
 
 bundled = pytest.mark.skipif(not BUNDLED_INDEX.is_file(), reason="the bundled prior is not in this checkout")

@@ -223,6 +223,24 @@ def test_stage2_alone_from_a_saved_stage1_state(stage1_run, tiny_prior, tmp_path
     assert abs(lo[1]) < 1e-4 and abs((hi - lo).max() - 1.0) < 0.05
 
 
+def test_stage2_searches_planar_regions_every_planar_every_steps(stage1_run, tiny_prior, tmp_path, monkeypatch):
+    import engine.pipelines.generate as generate
+
+    searched: list[int] = []
+
+    def counting(positions, *args):
+        searched.append(positions.shape[0])
+        return find_planar_regions(positions, *args)
+
+    find_planar_regions = generate.find_planar_regions
+    monkeypatch.setattr(generate, "find_planar_regions", counting)
+    config = tiny_config(tiny_prior, tmp_path, stages="2", stage1_state=str(stage1_run / STAGE1_STATE))
+    config.stage2.planar_weight, config.stage2.planar_every = 100.0, 2
+    code, result = run_job(config)
+    assert code == 0, result["error"]
+    assert len(searched) == 2  # steps 0 and 2 of 4
+
+
 def test_stage2_without_a_stage1_state_is_bad_input(tiny_prior, tmp_path):
     code, result = run_job(tiny_config(tiny_prior, tmp_path, stages="2"))
     assert code == 2 and result["error"]["kind"] == "bad_input"

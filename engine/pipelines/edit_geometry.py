@@ -18,6 +18,7 @@ Read top to bottom:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,8 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
         cancel.check()
 
     # 3. Optimisation: Eq. 11, the refinement's regulariser, and the pull back towards the source.
-    regulariser = ShapeRegulariser(refine)
+    # Without the planar regions: they hold flat sides flat, and an edit may be asking to round them.
+    regulariser = ShapeRegulariser(dataclasses.replace(refine, planar_weight=0.0))
 
     def edit_step(step: int) -> torch.Tensor:
         cameras = sample_cameras(cameras_config, 1, generator).to(device)
