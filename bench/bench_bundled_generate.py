@@ -10,6 +10,8 @@ and a contact sheet of the previews to --out. Runs at the CLI's sizes unless --s
     python bench/bench_bundled_generate.py --out bench/out-bundled-generate --jobs 2 --seeds 0 1 2 3
     python bench/bench_bundled_generate.py --variants preset --prompts "a blue cube" --seeds 0 1 2 \\
         --variant 'mine={"stage1": {"steps": 600}}'
+    python bench/bench_bundled_generate.py --variants "" --stage1-from /tmp/s1 --seeds 0 1 \\
+        --variant 'flat={"stage2": {"planar_weight": 300.0}}'   # stage 2 alone, from saved stage-1 states
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from csd_blender.exchange.settings import deep_merge  # noqa: E402  (the add-on'
 # are its other variants, each against today's preset.
 VARIANTS: dict[str, dict] = {
     "preset": {},
+    # The preset before the sixth session: all of the training views in stage 1, t from 0.02, no
+    # density opening, no planar regions.
+    "old-preset": {"stage1": {"guidance": {"t_min": 0.02}, "elevation_no_front_deg": [-15.0, 55.0],
+                              "cameras": {"elevation_deg": [-15.0, 55.0]}},
+                   "extract": {"opening_radius": 0.0}, "stage2": {"planar_weight": 0.0}},
     # The isosurface on a 128^3 grid, as before: needles grow where its slivers' vertices move.
     "grid128": {"extract": {"resolution": 128}},
     "grid128-lap10": {"extract": {"resolution": 128}, "stage2": {"laplacian_weight": 10.0}},
