@@ -105,7 +105,7 @@ def test_bad_planar_settings_are_bad_input(settings):
         RefineStageConfig(**settings).validate()
 
 
-def test_patch_order_does_not_change_the_regions():
+def test_face_order_does_not_change_the_regions():
     """Region finding reads only the geometry: the same box with its faces shuffled gives the
     same regions (as sets of faces)."""
     positions, triangles, adjacency = bulged_box()

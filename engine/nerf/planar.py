@@ -7,12 +7,14 @@ prior's cubes stay pillows. Region finding in the manner of variational shape ap
 
   1. among the face normals, take the direction that most area agrees with (within
      `angle_deg`), moved to the mean of the normals that agree with it (a few mean-shift steps);
-  2. keep the largest connected patch of faces that agree with it; if it holds at least
-     `min_share` of the surface area, it is a planar region; take its faces out and repeat.
+  2. keep the largest connected patch of faces that agree with it; stop if it holds less than
+     `min_share` of the surface area; take its faces out; keep it as a planar region if it is a
+     disc (a torus's top band is a ring) and its normals do not turn about one axis only (a
+     strip of a cylinder's or a cone's wall); repeat.
 
-A sphere has no such patch (a 15-degree cap is 1.7% of it), nor does a cylinder's or a cone's
-wall at the default settings (a 30-degree strip of the wall is under 6% of the area), while the
-flat sides of a box, the caps of a cylinder and the base of a cone are found. The loss then turns
+A ball has no such patch big enough (a 15-degree cap is 1.7% of it, a 30-degree one 6.7%), so the
+flat sides of a box, the caps of a cylinder and the base of a cone are found, and nothing on a
+ball, a torus or those walls (tests/test_planar.py). The loss then turns
 each region's faces towards the region's normal, |n_face - n_region| weighted by area, which
 flattens the patch without fixing where its plane lies: the prior still moves the side.
 """
@@ -67,14 +69,14 @@ def find_planar_regions(positions: Tensor, triangles: Tensor, adjacency: Tensor,
     free = torch.ones(len(normals), dtype=torch.bool, device=normals.device)
     directions = _candidate_directions(normals)
     agreement = ((directions @ normals.T) > cos_limit).to(normals.dtype)  # (candidates, faces)
-    pairs = adjacency.cpu().numpy()
+    pairs, host_weights = adjacency.cpu().numpy(), weights.cpu().numpy()
     faces, region, region_normals = [], [], []
     for _ in range(max_patches):
         direction = _best_direction(normals, weights, free, agreement, directions, cos_limit)
         if direction is None:
             break
         agrees = free & (normals @ direction > cos_limit)
-        patch = _largest_patch(agrees.cpu().numpy(), weights.cpu().numpy(), pairs)
+        patch = _largest_patch(agrees.cpu().numpy(), host_weights, pairs)
         patch = torch.as_tensor(patch, device=normals.device)
         if float(weights[patch].sum()) < min_share:
             break

@@ -421,7 +421,7 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
 class ShapeRegulariser:
     """Stage 2's geometric losses on the refinable mesh: normal consistency, and where the settings
     ask for them the Laplacian and the planar regions (searched anew every `planar_every` steps).
-    Geometry edits continue the refinement with these losses."""
+    Geometry edits continue the refinement with it, less the planar regions."""
 
     def __init__(self, stage: RefineStageConfig):
         self.stage = stage
