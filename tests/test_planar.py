@@ -9,6 +9,7 @@ import torch
 import trimesh
 
 from engine.errors import BadInputError
+from engine.mesh.extract import marching_cubes
 from engine.nerf.losses import face_adjacency
 from engine.nerf.planar import find_planar_regions, planar_loss
 from engine.pipelines.generate_config import RefineStageConfig
@@ -38,12 +39,13 @@ SHAPES = {
 }
 
 
+@pytest.mark.parametrize("crease_deg", [0.0, 60.0])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_regions_are_the_flat_sides_only(name):
+def test_regions_are_the_flat_sides_only(name, crease_deg):
     make, count, share = SHAPES[name]
     mesh = make()
     positions, triangles, adjacency = tensors(mesh)
-    regions = find_planar_regions(positions, triangles, adjacency)
+    regions = find_planar_regions(positions, triangles, adjacency, crease_deg=crease_deg)
     assert regions.count == count
     areas = torch.tensor(mesh.area_faces)
     assert regions.share(areas) == pytest.approx(share, abs=0.01)
@@ -86,11 +88,93 @@ def test_the_loss_flattens_a_bulging_side_and_leaves_a_sphere_alone():
     assert regions.count == 0 and float(ball.grad.abs().max()) == 0.0
 
 
+def sdf_mesh(sdf, resolution: int = 48) -> trimesh.Trimesh:
+    """The zero set of a signed distance on [-1, 1]^3, as the engine's extraction meshes a NeRF."""
+    axis = np.linspace(-1.0, 1.0, resolution)
+    extracted = marching_cubes(-sdf(*np.meshgrid(axis, axis, axis, indexing="ij")), 1.0, 0.0)
+    mesh = trimesh.Trimesh(extracted.positions, extracted.triangles)
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def rounded_box(x, y, z, radius=0.3):
+    """A box whose four upright edges are rounded, as stage 1 leaves a cube."""
+    corner = np.stack([abs(x) - 0.6 + radius, abs(y) - 0.6 + radius])
+    across = np.linalg.norm(np.maximum(corner, 0.0), axis=0) + np.minimum(corner.max(0), 0.0) - radius
+    return np.maximum(across, abs(z) - 0.6)
+
+
+def chamfered_box(x, y, z):
+    """A tall box with one upright edge cut off by a side 45 degrees from its neighbours."""
+    return np.maximum.reduce([abs(x) - 0.6, abs(y) - 0.6, abs(z) - 0.9, (x + y - 0.75) / np.sqrt(2)])
+
+
+def cut_ball(x, y, z):
+    return np.maximum(np.sqrt(x * x + y * y + z * z) - 0.8, -z - 0.5)
+
+
+def region_normals(regions) -> set[tuple[float, ...]]:
+    return {tuple(np.round(normal, 1) + 0.0) for normal in regions.normals.tolist()}
+
+
+def test_a_rounded_box_has_six_sides_that_meet_at_creases():
+    """The sides of a box with rounded edges are found though their normals turn one way (about
+    the upright axis) like a cylinder's wall: most of each side faces along its normal. With
+    creases, the rounded edges are shared out between the sides they join."""
+    mesh = sdf_mesh(rounded_box)
+    positions, triangles, adjacency = tensors(mesh)
+    areas = torch.tensor(mesh.area_faces)
+    sides = {(1.0, 0.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0), (0.0, 0.0, -1.0)}
+    found = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1)
+    assert region_normals(found) == sides and found.share(areas) < 0.9
+    creased = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1, crease_deg=60.0)
+    assert region_normals(creased) == sides and creased.share(areas) > 0.99
+    # each rounded face goes to the side its normal is nearer
+    normals = torch.tensor(mesh.face_normals, dtype=torch.float32)[creased.faces]
+    nearest = (normals @ creased.normals.T).argmax(1)
+    assert float((nearest == creased.region).float().mean()) > 0.95
+
+
+def test_a_chamfer_between_two_sides_is_given_up_at_creases():
+    mesh = sdf_mesh(chamfered_box)
+    positions, triangles, adjacency = tensors(mesh)
+    chamfer = (0.7, 0.7, 0.0)
+    assert chamfer in region_normals(find_planar_regions(positions, triangles, adjacency, 30.0, 0.08))
+    creased = find_planar_regions(positions, triangles, adjacency, 30.0, 0.08, crease_deg=60.0)
+    assert creased.count == 6 and chamfer not in region_normals(creased)
+    on_chamfer = torch.tensor(mesh.face_normals @ np.array(chamfer) > 0.95)
+    assert bool(torch.isin(torch.nonzero(on_chamfer)[:, 0], creased.faces).all())  # shared out, not left free
+
+
+def test_creases_leave_a_cut_ball_round():
+    """A ball cut flat underneath: its flat base is a region, and the base does not grow up the
+    ball's side (growth that meets no other region is undone)."""
+    positions, triangles, adjacency = tensors(sdf_mesh(cut_ball))
+    plain = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1)
+    creased = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1, crease_deg=60.0)
+    assert plain.count == creased.count == 1
+    assert torch.equal(plain.faces.sort().values, creased.faces.sort().values)
+
+
+def test_a_side_with_a_spike_is_still_a_side():
+    """The faces of a spike on a box's top stray past the angle and leave a hole in its patch; the
+    hole is small next to the top, so the top is still a region (a disc), spike included."""
+    positions, triangles, adjacency = tensors(box())
+    top = positions[:, 2] > 0.49
+    centre = top & (positions[:, :2].norm(dim=1) < 0.06)
+    positions[centre, 2] += 0.1
+    regions = find_planar_regions(positions, triangles, adjacency)
+    assert regions.count == 6
+    spike = torch.nonzero(centre[triangles].any(1))[:, 0]
+    assert bool(torch.isin(spike, regions.faces).all())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_regions_on_the_gpu_are_the_cpus():
     positions, triangles, adjacency = bulged_box()
-    cpu = find_planar_regions(positions, triangles, adjacency)
-    gpu = find_planar_regions(positions.cuda(), triangles.cuda(), adjacency.cuda())
+    cpu = find_planar_regions(positions, triangles, adjacency, crease_deg=60.0)
+    gpu = find_planar_regions(positions.cuda(), triangles.cuda(), adjacency.cuda(), crease_deg=60.0)
     assert gpu.count == cpu.count
     assert torch.equal(gpu.faces.cpu().sort().values, cpu.faces.sort().values)
     assert torch.allclose(gpu.normals.cpu(), cpu.normals, atol=1e-5)
@@ -99,7 +183,8 @@ def test_regions_on_the_gpu_are_the_cpus():
 
 
 @pytest.mark.parametrize("settings", [{"planar_weight": -1.0}, {"planar_angle_deg": 0.0}, {"planar_angle_deg": 95.0},
-                                      {"planar_min_share": 1.5}, {"planar_every": 0}])
+                                      {"planar_min_share": 1.5}, {"planar_every": 0}, {"planar_crease_deg": -1.0},
+                                      {"planar_crease_deg": 90.0}])
 def test_bad_planar_settings_are_bad_input(settings):
     with pytest.raises(BadInputError):
         RefineStageConfig(**settings).validate()

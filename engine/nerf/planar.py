@@ -37,6 +37,8 @@ SPHERE_DIRECTIONS = 128  # ... and directions spread over the sphere
 MEAN_SHIFT_STEPS = 3
 FLAT_SPREAD = np.radians(3.0) ** 2  # normals within ~3 degrees: flat whichever way they spread
 ONE_WAY_RATIO = 0.2
+HOLE_SHARE = 0.25  # the most area a hole in a patch may have next to the patch, to be filled
+FACING_SHARE = 0.5  # a wall strip has a third of its area within a third of the angle; a flat side most
 
 
 @dataclass
@@ -58,39 +60,47 @@ class PlanarRegions:
 
 @torch.no_grad()
 def find_planar_regions(positions: Tensor, triangles: Tensor, adjacency: Tensor, angle_deg: float = 15.0,
-                        min_share: float = 0.06, max_patches: int = 32) -> PlanarRegions:
-    """The surface's big nearly-flat patches (see the module docstring). adjacency: (P, 2) pairs
-    of faces sharing an edge."""
+                        min_share: float = 0.06, crease_deg: float = 0.0, max_patches: int = 32) -> PlanarRegions:
+    """The surface's big nearly-flat patches (see the module docstring), met at creases of at least
+    `crease_deg` where it is not 0 (see `_meet_at_creases`). adjacency: (P, 2) pairs of faces
+    sharing an edge."""
     raw = face_normals(positions, triangles)
     areas = raw.norm(dim=-1)
     normals = raw / areas.clamp_min(1e-20)[:, None]
     weights = areas / areas.sum().clamp_min(1e-20)
     cos_limit = float(np.cos(np.radians(angle_deg)))
+    # Directions are sought with half the angle: with the whole angle, the direction between two
+    # sides 45 degrees apart (a box side and a chamfer) takes in both, and the patch is neither.
+    cos_seek = float(np.cos(np.radians(angle_deg / 2)))
     free = torch.ones(len(normals), dtype=torch.bool, device=normals.device)
     directions = _candidate_directions(normals)
-    agreement = ((directions @ normals.T) > cos_limit).to(normals.dtype)  # (candidates, faces)
+    agreement = ((directions @ normals.T) > cos_seek).to(normals.dtype)  # (candidates, faces)
     pairs, host_weights = adjacency.cpu().numpy(), weights.cpu().numpy()
     faces, region, region_normals = [], [], []
     for _ in range(max_patches):
-        direction = _best_direction(normals, weights, free, agreement, directions, cos_limit)
+        direction = _best_direction(normals, weights, free, agreement, directions, cos_seek)
         if direction is None:
             break
         agrees = free & (normals @ direction > cos_limit)
         patch = _largest_patch(agrees.cpu().numpy(), host_weights, pairs)
-        patch = torch.as_tensor(patch, device=normals.device)
-        if float(weights[patch].sum()) < min_share:
+        filled = _with_small_holes(patch, free.cpu().numpy(), host_weights, pairs)
+        patch, filled = (torch.as_tensor(index, device=normals.device) for index in (patch, filled))
+        if float(weights[filled].sum()) < min_share:
             break
-        free[patch] = False
+        free[filled] = False
         normal = F.normalize((normals[patch] * weights[patch, None]).sum(0), dim=0)
-        if _bends_one_way(normals[patch], weights[patch], normal) or not _is_disc(triangles[patch]):
+        if _is_a_wall_strip(normals[patch], weights[patch], normal, angle_deg) or not _is_disc(triangles[filled]):
             continue
-        faces.append(patch)
-        region.append(torch.full_like(patch, len(region_normals)))
+        faces.append(filled)
+        region.append(torch.full_like(filled, len(region_normals)))
         region_normals.append(normal)
     if not faces:
         empty = torch.zeros(0, dtype=torch.long, device=normals.device)
         return PlanarRegions(empty, empty, normals.new_zeros(0, 3))
-    return PlanarRegions(torch.cat(faces), torch.cat(region), torch.stack(region_normals))
+    regions = PlanarRegions(torch.cat(faces), torch.cat(region), torch.stack(region_normals))
+    if crease_deg:
+        regions = _meet_at_creases(regions, normals, host_weights, pairs, crease_deg)
+    return regions
 
 
 def _candidate_directions(normals: Tensor) -> Tensor:
@@ -106,28 +116,32 @@ def _candidate_directions(normals: Tensor) -> Tensor:
 
 
 def _best_direction(normals: Tensor, weights: Tensor, free: Tensor, agreement: Tensor, directions: Tensor,
-                    cos_limit: float) -> Tensor | None:
+                    cos_seek: float) -> Tensor | None:
     """The candidate direction the most free area agrees with, refined by mean shift."""
     free_weights = weights * free
     if float(free_weights.sum()) <= 0.0:
         return None
     best = directions[int((agreement @ free_weights).argmax())]
     for _ in range(MEAN_SHIFT_STEPS):
-        inside = ((normals @ best) > cos_limit).to(normals.dtype) * free_weights
+        inside = ((normals @ best) > cos_seek).to(normals.dtype) * free_weights
         if float(inside.sum()) <= 0.0:
             break
         best = F.normalize((normals * inside[:, None]).sum(0), dim=0)
     return best
 
 
-def _bends_one_way(normals: Tensor, weights: Tensor, normal: Tensor) -> bool:
-    """Whether the patch's normals turn about one axis only, as on the wall of a cylinder or a cone
-    (a strip that is curved, not flat): the spread of their components in the plane is long and
-    thin. A bulging flat side spreads them both ways; a flat one hardly at all."""
+def _is_a_wall_strip(normals: Tensor, weights: Tensor, normal: Tensor, angle_deg: float) -> bool:
+    """Whether the patch is a strip of a cylinder's or a cone's wall: its normals turn about one
+    axis only (the spread of their components in the plane is long and thin; a bulging flat side
+    spreads them both ways, a flat one hardly at all), and evenly over the angle, unlike a flat side
+    whose edges are rounded, which turns one way too but mostly faces along its normal."""
     tangential = normals - (normals @ normal)[:, None] * normal
     spread = (tangential * weights[:, None]).T @ tangential / weights.sum().clamp_min(1e-20)
     small, large = torch.linalg.eigvalsh(spread.double())[-2:].tolist()
-    return large > FLAT_SPREAD and small < ONE_WAY_RATIO * large
+    if large <= FLAT_SPREAD or small >= ONE_WAY_RATIO * large:
+        return False
+    facing = weights[normals @ normal > np.cos(np.radians(angle_deg / 3))].sum() / weights.sum().clamp_min(1e-20)
+    return float(facing) < FACING_SHARE
 
 
 def _is_disc(triangles: Tensor) -> bool:
@@ -138,19 +152,29 @@ def _is_disc(triangles: Tensor) -> bool:
     return len(torch.unique(triangles)) - len(torch.unique(keys)) + len(triangles) == 1
 
 
+def _with_small_holes(patch: np.ndarray, free: np.ndarray, weights: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The patch with the free pieces it encloses that are small next to it (bumps on a side whose
+    normals stray past the angle): a lumpy side is still a disc to flatten, while a torus's top
+    band encloses nothing (the rest of the torus is one piece)."""
+    outside = np.ones(len(free), dtype=bool)
+    outside[patch] = False
+    labels = _patches(outside, pairs)
+    area = np.bincount(labels[outside], weights=weights[outside])
+    enclosed = np.ones(len(area), dtype=bool)
+    enclosed[int(area.argmax())] = False  # the rest of the surface
+    enclosed &= area < HOLE_SHARE * weights[patch].sum()
+    enclosed[np.unique(labels[outside & ~free])] = False  # no faces of other regions
+    holes = np.flatnonzero(outside & enclosed[np.maximum(labels, 0)])
+    return np.concatenate([patch, holes])
+
+
 def _largest_patch(agrees: np.ndarray, weights: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Indices of the connected patch of agreeing faces with the most area."""
     chosen = np.flatnonzero(agrees)
     if len(chosen) == 0:
         return chosen
-    local = np.full(len(agrees), -1)
-    local[chosen] = np.arange(len(chosen))
-    both = agrees[pairs[:, 0]] & agrees[pairs[:, 1]] if len(pairs) else np.zeros(0, dtype=bool)
-    a, b = local[pairs[both, 0]], local[pairs[both, 1]]
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(chosen), len(chosen)))
-    _, labels = connected_components(graph, directed=False)
-    area = np.bincount(labels, weights=weights[chosen])
-    return chosen[labels == int(area.argmax())]
+    labels = _patches(agrees, pairs)[chosen]
+    return chosen[labels == int(np.bincount(labels, weights=weights[chosen]).argmax())]
 
 
 def planar_loss(positions: Tensor, triangles: Tensor, regions: PlanarRegions) -> Tensor:
@@ -163,3 +187,83 @@ def planar_loss(positions: Tensor, triangles: Tensor, regions: PlanarRegions) ->
     # clamped: the distance's gradient is infinite where a face already lies in its plane
     distance = (normals - regions.normals[regions.region]).pow(2).sum(-1).clamp_min(1e-8).sqrt()
     return (distance * areas.detach()).sum() / areas.detach().sum().clamp_min(1e-20)
+
+
+def _meet_at_creases(regions: PlanarRegions, normals: Tensor, weights: np.ndarray, pairs: np.ndarray,
+                     crease_deg: float) -> PlanarRegions:
+    """Regions made to meet at creases of at least `crease_deg`, as a box's sides do.
+
+    A rounded box's round edges are left between its side regions, and the big ones become
+    regions of their own (a chamfer at 45 degrees): the box comes out with five or six sides. So,
+    until no two neighbouring regions are closer than `crease_deg`, the smallest of a too-close
+    pair is given up; and the faces left between regions are shared out (`_grow`), each to the
+    nearest region within `crease_deg` that reaches it over such faces, so that neighbouring
+    sides are pulled to a crease. Growth that meets no other region is undone: a ball flattened
+    at its bottom keeps its round sides."""
+    cos_crease = float(np.cos(np.radians(crease_deg)))
+    host_normals = normals.cpu().double().numpy()
+    region_normals = regions.normals.cpu().double().numpy()
+    core = np.full(len(host_normals), -1)
+    core[regions.faces.cpu().numpy()] = regions.region.cpu().numpy()
+    keep = np.arange(len(region_normals))  # indices into region_normals of the regions still kept
+    while True:
+        owner = _grow(core, host_normals, region_normals[keep], pairs, cos_crease)
+        a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
+        meet = (a >= 0) & (b >= 0) & (a != b)
+        close = np.einsum("pk,pk->p", region_normals[keep][a[meet]], region_normals[keep][b[meet]]) > cos_crease
+        if not close.any():
+            break
+        too_close = np.unique(np.concatenate([a[meet][close], b[meet][close]]))
+        area = np.bincount(core[core >= 0], weights=weights[core >= 0], minlength=len(keep))
+        given_up = too_close[int(area[too_close].argmin())]
+        core[core == given_up] = -1
+        core[core > given_up] -= 1
+        keep = np.delete(keep, given_up)
+    faces = np.flatnonzero(owner >= 0)
+    device = regions.normals.device
+    return PlanarRegions(torch.as_tensor(faces, device=device), torch.as_tensor(owner[faces], device=device),
+                         regions.normals[torch.as_tensor(keep, device=device)])
+
+
+def _grow(core: np.ndarray, normals: np.ndarray, region_normals: np.ndarray, pairs: np.ndarray,
+          cos_crease: float) -> np.ndarray:
+    """Each face's region (-1: none): the regions' own faces, and the free faces each given to the
+    nearest region (by normal) that reaches it over free faces within `cos_crease` of it; kept only
+    where the grown faces meet another region's."""
+    free = core < 0
+    owner, best = core.copy(), np.full(len(core), -np.inf)
+    alignment = normals @ region_normals.T  # (faces, regions)
+    for r in range(len(region_normals)):
+        eligible = free & (alignment[:, r] > cos_crease)
+        labels = _patches(eligible, pairs)
+        touches_r = (core[pairs[:, 0]] == r) & eligible[pairs[:, 1]]
+        touches_r_back = (core[pairs[:, 1]] == r) & eligible[pairs[:, 0]]
+        reached_labels = np.unique(np.concatenate([labels[pairs[touches_r, 1]], labels[pairs[touches_r_back, 0]]]))
+        reached = eligible & np.isin(labels, reached_labels)
+        nearer = reached & (alignment[:, r] > best)
+        owner[nearer], best[nearer] = r, alignment[nearer, r]
+    grown = free & (owner >= 0)
+    labels = _patches(grown, pairs, owner)
+    a, b = pairs[:, 0], pairs[:, 1]
+    meets = (owner[a] >= 0) & (owner[b] >= 0) & (owner[a] != owner[b])
+    met = np.unique(np.concatenate([labels[a[meets & grown[a]]], labels[b[meets & grown[b]]]]))
+    owner[grown & ~np.isin(labels, met)] = -1
+    return owner
+
+
+def _patches(chosen: np.ndarray, pairs: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
+    """Connected-patch labels of the chosen faces (-1 elsewhere), patches not crossing between
+    owners where `owner` is given."""
+    labels = np.full(len(chosen), -1)
+    index = np.flatnonzero(chosen)
+    if len(index) == 0:
+        return labels
+    local = np.full(len(chosen), -1)
+    local[index] = np.arange(len(index))
+    both = chosen[pairs[:, 0]] & chosen[pairs[:, 1]]
+    if owner is not None:
+        both &= owner[pairs[:, 0]] == owner[pairs[:, 1]]
+    a, b = local[pairs[both, 0]], local[pairs[both, 1]]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(index), len(index)))
+    labels[index] = connected_components(graph, directed=False)[1]
+    return labels

@@ -435,7 +435,8 @@ class ShapeRegulariser:
         if stage.planar_weight:
             if self.regions is None or step % stage.planar_every == 0:
                 self.regions = find_planar_regions(mesh.positions().detach(), mesh.triangles, mesh.adjacency,
-                                                   stage.planar_angle_deg, stage.planar_min_share)
+                                                   stage.planar_angle_deg, stage.planar_min_share,
+                                                   stage.planar_crease_deg)
             loss = loss + stage.planar_weight * planar_loss(mesh.positions(), mesh.triangles, self.regions)
         return loss
 

@@ -185,6 +185,7 @@ class RefineStageConfig:
     planar_weight: float = 0.0
     planar_angle_deg: float = 15.0  # faces within this of a region's normal belong to it
     planar_min_share: float = 0.06  # the least share of the surface area a region covers
+    planar_crease_deg: float = 0.0  # neighbouring regions meet at creases of at least this (0: as found)
     planar_every: int = 10  # steps between region searches
     # Silhouette gradients for the vertices (engine/render/antialias.py; the released code renders
     # through nvdiffrast's antialias): without them the outline of the mesh cannot move.
@@ -227,6 +228,8 @@ class RefineStageConfig:
                 raise BadInputError(f"stage2.{name} must be a non-negative number.", "")
         if not (isinstance(self.planar_angle_deg, (int, float)) and 0 < self.planar_angle_deg < 90):
             raise BadInputError(f"stage2.planar_angle_deg must be between 0 and 90, got {self.planar_angle_deg!r}.", "")
+        if not (isinstance(self.planar_crease_deg, (int, float)) and 0 <= self.planar_crease_deg < 90):
+            raise BadInputError(f"stage2.planar_crease_deg must be 0 (off) or below 90, got {self.planar_crease_deg!r}.", "")
         if not isinstance(self.planar_every, int) or self.planar_every < 1:
             raise BadInputError("stage2.planar_every must be a positive integer.", "")
         _check_geometry_render("stage2", self.geometry_render)
