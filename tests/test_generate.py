@@ -308,7 +308,8 @@ def test_bundled_preset_lies_under_the_settings_given():
     assert (config.stage1.steps, config.stage1.render_size) == (50, 64)
     assert config.stage1.cameras.distance == (2.5, 3.3) and config.stage2.steps == 300  # the preset
     assert (config.stage1.guidance.w2_start, config.stage2.guidance.w2_end) == (0.5, 0.0)
-    assert (config.extract.threshold, config.extract.opening_radius, config.stage2.planar_weight) == (2.5, 0.08, 300.0)
+    assert (config.extract.threshold, config.extract.opening_radius) == (2.5, 0.08)
+    assert (config.stage2.planar_weight, config.stage2.planar_crease_deg) == (150.0, 60.0)
     assert (config.stage1.guidance.t_min, config.stage2.guidance.t_min) == (0.3, 0.02)
     assert (config.stage2.normal_consistency, config.stage2.vertex_learning_rate(0.05)) == ("angle", 0.11 * 0.05)
     from_job = generate_config_from_job({"prompt": "a blue cube", "stage1": {"steps": 10_000, "batch_size_no_front": 4},
@@ -369,13 +370,14 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
     assert mesh.is_watertight
     roundness, flat = sphericity(mesh), flat_share(mesh)
     assert verdict["shape"] == shape, (verdict["probabilities"]["shape"], roundness, flat)
-    # Measured (docs/benchmarks.md, sixth session): the ball 0.99 with no flat side; the cube, seeds
-    # 0-3, 0.83-0.87 with 57-82% of its area on flat sides (seed 0: 0.83, 82%; a clean cube: 0.81 and
-    # 100%; the preset before planar regions and level views: 0.92 and 13-18%).
+    # Measured (docs/benchmarks.md, seventh session): the ball 0.99 with no flat side; the cube 0.81
+    # with 70% of its area on flat sides here (two threads; seeds 0-3 on one thread: 0.78-0.81 and
+    # 89-98%; a clean cube: 0.81 and 100%; without creases between the regions 0.83-0.87 and 45-78%;
+    # before planar regions and level views: 0.92 and 13-18%).
     if shape == "sphere":
         assert roundness > 0.95 and flat < 0.02, (roundness, flat)
     else:
-        assert roundness < 0.88 and flat > 0.5, (roundness, flat)
+        assert roundness < 0.85 and flat > 0.6, (roundness, flat)
     assert verdict["colour"] == colour, verdict["colour_fractions"]
     texture = np.asarray(Image.open(tmp_path / result["outputs"]["texture"]).convert("RGB"))
     assert nearest_colour(texture) == colour

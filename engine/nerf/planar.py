@@ -5,12 +5,13 @@ Why: a 32-px prior cannot see the difference between a box and a lumpy box (docs
 prior's cubes stay pillows. Region finding in the manner of variational shape approximation
 (Cohen-Steiner et al. 2004), kept deliberately conservative so curved shapes are left alone:
 
-  1. among the face normals, take the direction that most area agrees with (within
-     `angle_deg`), moved to the mean of the normals that agree with it (a few mean-shift steps);
-  2. keep the largest connected patch of faces that agree with it; stop if it holds less than
-     `min_share` of the surface area; take its faces out; keep it as a planar region if it is a
-     disc (a torus's top band is a ring) and its normals do not turn about one axis only (a
-     strip of a cylinder's or a cone's wall); repeat.
+  1. among the face normals, take the direction that most area agrees with within half of
+     `angle_deg`, moved to the mean of the normals that agree with it (a few mean-shift steps);
+  2. keep the largest connected patch of faces within `angle_deg` of it, with the small pieces it
+     encloses (bumps); stop if it holds less than `min_share` of the surface area; take its faces
+     out; keep it as a planar region if it is a disc (a torus's top band is a ring) and is not a
+     strip of a cylinder's or a cone's wall (normals turning evenly about one axis); repeat;
+  3. where `crease_deg` is set, make neighbouring regions meet at creases (`_meet_at_creases`).
 
 A ball has no such patch big enough (a 15-degree cap is 1.7% of it, a 30-degree one 6.7%), so the
 flat sides of a box, the caps of a cylinder and the base of a cone are found, and nothing on a

@@ -57,7 +57,10 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 #     (weight 200), which keeps flat sides and edges where the released 1 - cos rounds them,
 #     with each vertex step 0.11 edge lengths (a fixed step tuned on a coarse mesh tears a fine
 #     one into spikes), and flattens the big nearly-flat patches (engine/nerf/planar.py: within
-#     30 degrees, at least 10% of the area; a ball, a cylinder's wall and a torus have none).
+#     30 degrees, at least 10% of the area; a ball, a cylinder's wall and a torus have none),
+#     made to meet at creases of at least 60 degrees: the box's rounded edges go to its sides,
+#     so it has four sides, not five or six (this also squares the prior's cylinders, whose
+#     stage-1 shape is as round-edged as its cubes: docs/benchmarks.md, seventh session).
 BUNDLED_PRESET_STAGE1 = {
     "steps": 300, "render_size": 32, "samples_per_ray": 64, "occupancy_resolution": 32, "batch_size_no_front": 1,
     "learning_rate": 1e-2, "lighting_prob": 0.85, "geometry_render_prob": 0.0, "random_background_prob": 1.0,
@@ -70,7 +73,7 @@ BUNDLED_PRESET_EXTRACT = {"threshold": 2.5, "resolution": 64, "target_triangles"
 BUNDLED_PRESET_STAGE2 = {
     "steps": 300, "start_fit_steps": 100, "lighting_prob": 0.85, "geometry_render_prob": 0.0,
     "normal_consistency": "angle", "normal_consistency_weight": 200.0, "offset_learning_rate_per_edge": 0.11,
-    "planar_weight": 300.0, "planar_angle_deg": 30.0, "planar_min_share": 0.1,
+    "planar_weight": 150.0, "planar_angle_deg": 30.0, "planar_min_share": 0.1, "planar_crease_deg": 60.0,
     "guidance": {"w2_start": 0.0, "w2_end": 0.0},
     "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
     "hash_grid": {"log2_table_size": 15},
