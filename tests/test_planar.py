@@ -170,6 +170,15 @@ def test_a_side_with_a_spike_is_still_a_side():
     assert bool(torch.isin(spike, regions.faces).all())
 
 
+def test_an_open_flat_sheet_is_one_region():
+    sheet = trimesh.creation.box().subdivide_to_size(0.1)
+    sheet.update_faces(sheet.face_normals[:, 2] > 0.99)  # the top alone, an open square
+    sheet.remove_unreferenced_vertices()
+    positions, triangles, adjacency = tensors(sheet)
+    regions = find_planar_regions(positions, triangles, adjacency, crease_deg=60.0)
+    assert regions.count == 1 and len(regions.faces) == len(triangles)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_regions_on_the_gpu_are_the_cpus():
     positions, triangles, adjacency = bulged_box()

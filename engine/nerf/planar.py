@@ -159,6 +159,8 @@ def _with_small_holes(patch: np.ndarray, free: np.ndarray, weights: np.ndarray, 
     band encloses nothing (the rest of the torus is one piece)."""
     outside = np.ones(len(free), dtype=bool)
     outside[patch] = False
+    if not outside.any():  # an open surface that is all one patch
+        return patch
     labels = _patches(outside, pairs)
     area = np.bincount(labels[outside], weights=weights[outside])
     enclosed = np.ones(len(area), dtype=bool)
