@@ -204,19 +204,19 @@ def _meet_at_creases(regions: PlanarRegions, normals: Tensor, weights: np.ndarra
     sides are pulled to a crease. Growth that meets no other region is undone: a ball flattened
     at its bottom keeps its round sides."""
     cos_crease = float(np.cos(np.radians(crease_deg)))
-    host_normals = normals.cpu().double().numpy()
     region_normals = regions.normals.cpu().double().numpy()
-    core = np.full(len(host_normals), -1)
+    alignment = normals.cpu().double().numpy() @ region_normals.T  # (faces, regions)
+    core = np.full(len(alignment), -1)
     core[regions.faces.cpu().numpy()] = regions.region.cpu().numpy()
     keep = np.arange(len(region_normals))  # indices into region_normals of the regions still kept
     while True:
-        owner = _grow(core, host_normals, region_normals[keep], pairs, cos_crease)
-        a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
-        meet = (a >= 0) & (b >= 0) & (a != b)
-        close = np.einsum("pk,pk->p", region_normals[keep][a[meet]], region_normals[keep][b[meet]]) > cos_crease
+        owner = _grow(core, alignment[:, keep], pairs, cos_crease)
+        meet = _meeting(owner, pairs)
+        a, b = owner[pairs[meet, 0]], owner[pairs[meet, 1]]
+        close = np.einsum("pk,pk->p", region_normals[keep[a]], region_normals[keep[b]]) > cos_crease
         if not close.any():
             break
-        too_close = np.unique(np.concatenate([a[meet][close], b[meet][close]]))
+        too_close = np.unique(np.concatenate([a[close], b[close]]))
         area = np.bincount(core[core >= 0], weights=weights[core >= 0], minlength=len(keep))
         given_up = too_close[int(area[too_close].argmin())]
         core[core == given_up] = -1
@@ -228,15 +228,13 @@ def _meet_at_creases(regions: PlanarRegions, normals: Tensor, weights: np.ndarra
                          regions.normals[torch.as_tensor(keep, device=device)])
 
 
-def _grow(core: np.ndarray, normals: np.ndarray, region_normals: np.ndarray, pairs: np.ndarray,
-          cos_crease: float) -> np.ndarray:
+def _grow(core: np.ndarray, alignment: np.ndarray, pairs: np.ndarray, cos_crease: float) -> np.ndarray:
     """Each face's region (-1: none): the regions' own faces, and the free faces each given to the
-    nearest region (by normal) that reaches it over free faces within `cos_crease` of it; kept only
-    where the grown faces meet another region's."""
+    nearest region (by normal; alignment: (faces, regions) cosines) that reaches it over free faces
+    within `cos_crease` of it; kept only where the grown faces meet another region's."""
     free = core < 0
     owner, best = core.copy(), np.full(len(core), -np.inf)
-    alignment = normals @ region_normals.T  # (faces, regions)
-    for r in range(len(region_normals)):
+    for r in range(alignment.shape[1]):
         eligible = free & (alignment[:, r] > cos_crease)
         labels = _patches(eligible, pairs)
         touches_r = (core[pairs[:, 0]] == r) & eligible[pairs[:, 1]]
@@ -248,10 +246,16 @@ def _grow(core: np.ndarray, normals: np.ndarray, region_normals: np.ndarray, pai
     grown = free & (owner >= 0)
     labels = _patches(grown, pairs, owner)
     a, b = pairs[:, 0], pairs[:, 1]
-    meets = (owner[a] >= 0) & (owner[b] >= 0) & (owner[a] != owner[b])
+    meets = _meeting(owner, pairs)
     met = np.unique(np.concatenate([labels[a[meets & grown[a]]], labels[b[meets & grown[b]]]]))
     owner[grown & ~np.isin(labels, met)] = -1
     return owner
+
+
+def _meeting(owner: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Which face pairs join two different regions."""
+    a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
+    return (a >= 0) & (b >= 0) & (a != b)
 
 
 def _patches(chosen: np.ndarray, pairs: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
