@@ -74,6 +74,7 @@ def find_planar_regions(positions: Tensor, triangles: Tensor, adjacency: Tensor,
     # sides 45 degrees apart (a box side and a chamfer) takes in both, and the patch is neither.
     cos_seek = float(np.cos(np.radians(angle_deg / 2)))
     free = torch.ones(len(normals), dtype=torch.bool, device=normals.device)
+    free_host = np.ones(len(normals), dtype=bool)  # the same, for the patch search on the host
     directions = _candidate_directions(normals)
     agreement = ((directions @ normals.T) > cos_seek).to(normals.dtype)  # (candidates, faces)
     pairs, host_weights = adjacency.cpu().numpy(), weights.cpu().numpy()
@@ -84,10 +85,11 @@ def find_planar_regions(positions: Tensor, triangles: Tensor, adjacency: Tensor,
             break
         agrees = free & (normals @ direction > cos_limit)
         patch = _largest_patch(agrees.cpu().numpy(), host_weights, pairs)
-        filled = _with_small_holes(patch, free.cpu().numpy(), host_weights, pairs)
-        patch, filled = (torch.as_tensor(index, device=normals.device) for index in (patch, filled))
-        if float(weights[filled].sum()) < min_share:
+        filled = _with_small_holes(patch, free_host, host_weights, pairs)
+        if host_weights[filled].sum() < min_share:
             break
+        free_host[filled] = False
+        patch, filled = (torch.as_tensor(index, device=normals.device) for index in (patch, filled))
         free[filled] = False
         normal = F.normalize((normals[patch] * weights[patch, None]).sum(0), dim=0)
         if _is_a_wall_strip(normals[patch], weights[patch], normal, angle_deg) or not _is_disc(triangles[filled]):
