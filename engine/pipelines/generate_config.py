@@ -108,7 +108,8 @@ class NerfStageConfig:
     orientation_weight: tuple[float, float] = (1.0, 100.0)
     sparsity_weight: tuple[float, float] = (10.0, 1.0)
     loss_ramp_steps: int = 5000
-    geometry_render: str = "shaded"  # what replaces the RGB render after geometry_render_start
+    # What replaces the RGB render after geometry_render_start: the shaded surface (paper A.4).
+    geometry_render: str = "shaded"
     geometry_render_prob: float = 0.5
     geometry_render_start: int = 5000
     lighting_prob: float = 0.5  # RGB renders lit by a random point light (else albedo only)
@@ -194,7 +195,8 @@ class RefineStageConfig:
     # through nvdiffrast's antialias): without them the outline of the mesh cannot move.
     antialias: bool = True
     start_fit_steps: int = 300  # regression of the albedo field onto the NeRF's colours before CSD (0: none)
-    geometry_render: str = "shaded"
+    # The released refinement replaces the RGB render by the camera-space normal map (paper A.4).
+    geometry_render: str = "normal_map"
     geometry_render_prob: float = 0.5
     lighting_prob: float = 0.5
     guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(
