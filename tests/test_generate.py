@@ -309,7 +309,8 @@ def test_bundled_preset_lies_under_the_settings_given():
     assert config.stage1.cameras.distance == (2.5, 3.3) and config.stage2.steps == 300  # the preset
     assert (config.stage1.guidance.w2_start, config.stage2.guidance.w2_end) == (0.5, 0.0)
     assert (config.extract.threshold, config.extract.opening_radius) == (2.5, 0.08)
-    assert (config.stage2.planar_weight, config.stage2.planar_crease_deg) == (150.0, 60.0)
+    assert (config.stage2.planar_weight, config.stage2.planar_crease_deg, config.stage2.planar_upright_deg) == (
+        150.0, 60.0, 8.0)
     assert (config.stage1.guidance.t_min, config.stage2.guidance.t_min) == (0.3, 0.02)
     assert (config.stage2.normal_consistency, config.stage2.vertex_learning_rate(0.05)) == ("angle", 0.11 * 0.05)
     from_job = generate_config_from_job({"prompt": "a blue cube", "stage1": {"steps": 10_000, "batch_size_no_front": 4},

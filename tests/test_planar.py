@@ -179,6 +179,37 @@ def test_an_open_flat_sheet_is_one_region():
     assert regions.count == 1 and len(regions.faces) == len(triangles)
 
 
+def frustum(lean_deg: float) -> trimesh.Trimesh:
+    """A box whose four sides lean in towards the bottom by lean_deg, as stage 1 leaves a cube."""
+    mesh = box()
+    below_top = 0.5 - mesh.vertices[:, 2]
+    mesh.vertices[:, :2] *= (1.0 - 2.0 * np.tan(np.radians(lean_deg)) * below_top)[:, None]
+    return mesh
+
+
+def test_upright_stands_leaning_sides_up_and_lays_the_top_level():
+    positions, triangles, adjacency = tensors(frustum(8.0))
+    leaning = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1, crease_deg=60.0)
+    upright = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1, crease_deg=60.0, upright_deg=12.0)
+    assert leaning.count == upright.count == 6 and torch.equal(leaning.faces, upright.faces)
+    sides = leaning.normals[:, 2].abs() < 0.5
+    assert bool((leaning.normals[sides, 2] < -0.1).all())  # leaning out of plumb by 8 degrees
+    assert torch.allclose(upright.normals[sides, 2], torch.zeros(4))
+    assert torch.allclose(upright.normals[~sides].abs(), torch.tensor([0.0, 0.0, 1.0]).expand(2, 3))
+    assert bool((upright.normals.norm(dim=-1) - 1).abs().max() < 1e-6)
+    # The leaning sides are flat already; upright, the loss pulls them 8 degrees (|n - n'| = 0.14).
+    assert float(planar_loss(positions, triangles, leaning)) < 1e-3
+    assert float(planar_loss(positions, triangles, upright)) > 0.05
+
+
+def test_upright_keeps_a_steep_lean():
+    positions, triangles, adjacency = tensors(frustum(20.0))
+    leaning = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1, crease_deg=60.0)
+    upright = find_planar_regions(positions, triangles, adjacency, 30.0, 0.1, crease_deg=60.0, upright_deg=12.0)
+    sides = leaning.normals[:, 2].abs() < 0.5
+    assert sides.sum() == 4 and torch.allclose(upright.normals[sides], leaning.normals[sides])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_regions_on_the_gpu_are_the_cpus():
     positions, triangles, adjacency = bulged_box()
@@ -193,7 +224,8 @@ def test_regions_on_the_gpu_are_the_cpus():
 
 @pytest.mark.parametrize("settings", [{"planar_weight": -1.0}, {"planar_angle_deg": 0.0}, {"planar_angle_deg": 95.0},
                                       {"planar_min_share": 1.5}, {"planar_every": 0}, {"planar_crease_deg": -1.0},
-                                      {"planar_crease_deg": 90.0}])
+                                      {"planar_crease_deg": 90.0}, {"planar_upright_deg": -1.0},
+                                      {"planar_upright_deg": 45.0}])
 def test_bad_planar_settings_are_bad_input(settings):
     with pytest.raises(BadInputError):
         RefineStageConfig(**settings).validate()

@@ -11,7 +11,9 @@ prior's cubes stay pillows. Region finding in the manner of variational shape ap
      encloses (bumps); stop if it holds less than `min_share` of the surface area; take its faces
      out; keep it as a planar region if it is a disc (a torus's top band is a ring) and is not a
      strip of a cylinder's or a cone's wall (normals turning evenly about one axis); repeat;
-  3. where `crease_deg` is set, make neighbouring regions meet at creases (`_meet_at_creases`).
+  3. where `crease_deg` is set, make neighbouring regions meet at creases (`_meet_at_creases`);
+  4. where `upright_deg` is set, regions leaning less than it from upright or from level are
+     made exactly so (`_upright`).
 
 A ball has no such patch big enough (a 15-degree cap is 1.7% of it, a 30-degree one 6.7%), so the
 flat sides of a box, the caps of a cylinder and the base of a cone are found, and nothing on a
@@ -61,10 +63,11 @@ class PlanarRegions:
 
 @torch.no_grad()
 def find_planar_regions(positions: Tensor, triangles: Tensor, adjacency: Tensor, angle_deg: float = 15.0,
-                        min_share: float = 0.06, crease_deg: float = 0.0, max_patches: int = 32) -> PlanarRegions:
+                        min_share: float = 0.06, crease_deg: float = 0.0, upright_deg: float = 0.0,
+                        max_patches: int = 32) -> PlanarRegions:
     """The surface's big nearly-flat patches (see the module docstring), met at creases of at least
-    `crease_deg` where it is not 0 (see `_meet_at_creases`). adjacency: (P, 2) pairs of faces
-    sharing an edge."""
+    `crease_deg` and set upright or level within `upright_deg` where these are not 0. positions in
+    the engine's Z-up frame; adjacency: (P, 2) pairs of faces sharing an edge."""
     raw = face_normals(positions, triangles)
     areas = raw.norm(dim=-1)
     normals = raw / areas.clamp_min(1e-20)[:, None]
@@ -103,7 +106,22 @@ def find_planar_regions(positions: Tensor, triangles: Tensor, adjacency: Tensor,
     regions = PlanarRegions(torch.cat(faces), torch.cat(region), torch.stack(region_normals))
     if crease_deg:
         regions = _meet_at_creases(regions, normals, host_weights, pairs, crease_deg)
+    if upright_deg:
+        regions = _upright(regions, upright_deg)
     return regions
+
+
+def _upright(regions: PlanarRegions, upright_deg: float) -> PlanarRegions:
+    """Regions whose normal is within `upright_deg` of level (a side) or of vertical (a top or a
+    bottom) turned exactly so. Stage 1 sees an object's lower half least, and its sides come out
+    leaning in towards the bottom; the loss alone would flatten them as they lean."""
+    normals = regions.normals.clone()
+    up = normals[:, 2]
+    side = up.abs() < np.sin(np.radians(upright_deg))
+    normals[side, 2] = 0.0
+    level = up.abs() > np.cos(np.radians(upright_deg))
+    normals[level] = F.pad(torch.sign(up[level])[:, None], (2, 0))
+    return PlanarRegions(regions.faces, regions.region, F.normalize(normals, dim=-1))
 
 
 def _candidate_directions(normals: Tensor) -> Tensor:

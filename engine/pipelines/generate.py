@@ -436,7 +436,7 @@ class ShapeRegulariser:
             if self.regions is None or step % stage.planar_every == 0:
                 self.regions = find_planar_regions(mesh.positions().detach(), mesh.triangles, mesh.adjacency,
                                                    stage.planar_angle_deg, stage.planar_min_share,
-                                                   stage.planar_crease_deg)
+                                                   stage.planar_crease_deg, stage.planar_upright_deg)
             loss = loss + stage.planar_weight * planar_loss(mesh.positions(), mesh.triangles, self.regions)
         return loss
 

@@ -60,7 +60,9 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 #     30 degrees, at least 10% of the area; a ball, a cylinder's wall and a torus have none),
 #     made to meet at creases of at least 60 degrees: the box's rounded edges go to its sides,
 #     so it has four sides, not five or six (this also squares the prior's cylinders, whose
-#     stage-1 shape is as round-edged as its cubes: docs/benchmarks.md, seventh session).
+#     stage-1 shape is as round-edged as its cubes: docs/benchmarks.md, seventh session); regions
+#     within 8 degrees of upright or level are made exactly so, as stage 1 leaves the sides leaning
+#     in towards the bottom it sees least (eighth session).
 BUNDLED_PRESET_STAGE1 = {
     "steps": 300, "render_size": 32, "samples_per_ray": 64, "occupancy_resolution": 32, "batch_size_no_front": 1,
     "learning_rate": 1e-2, "lighting_prob": 0.85, "geometry_render_prob": 0.0, "random_background_prob": 1.0,
@@ -74,6 +76,7 @@ BUNDLED_PRESET_STAGE2 = {
     "steps": 300, "start_fit_steps": 100, "lighting_prob": 0.85, "geometry_render_prob": 0.0,
     "normal_consistency": "angle", "normal_consistency_weight": 200.0, "offset_learning_rate_per_edge": 0.11,
     "planar_weight": 150.0, "planar_angle_deg": 30.0, "planar_min_share": 0.1, "planar_crease_deg": 60.0,
+    "planar_upright_deg": 8.0,
     "guidance": {"w2_start": 0.0, "w2_end": 0.0},
     "cameras": {"elevation_deg": (-15.0, 55.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
     "hash_grid": {"log2_table_size": 15},
@@ -190,12 +193,13 @@ class RefineStageConfig:
     planar_angle_deg: float = 15.0  # faces within this of a region's normal belong to it
     planar_min_share: float = 0.06  # the least share of the surface area a region covers
     planar_crease_deg: float = 0.0  # neighbouring regions meet at creases of at least this (0: as found)
+    planar_upright_deg: float = 0.0  # regions leaning less than this from upright or level made so (0: off)
     planar_every: int = 10  # steps between region searches
     # Silhouette gradients for the vertices (engine/render/antialias.py; the released code renders
     # through nvdiffrast's antialias): without them the outline of the mesh cannot move.
     antialias: bool = True
     start_fit_steps: int = 300  # regression of the albedo field onto the NeRF's colours before CSD (0: none)
-    # The released refinement replaces the RGB render by the camera-space normal map (paper A.4).
+    # Half of the refinement's renders are normal images (paper A.4): the camera-space normal map.
     geometry_render: str = "normal_map"
     geometry_render_prob: float = 0.5
     lighting_prob: float = 0.5
@@ -235,6 +239,9 @@ class RefineStageConfig:
             raise BadInputError(f"stage2.planar_angle_deg must be between 0 and 90, got {self.planar_angle_deg!r}.", "")
         if not (isinstance(self.planar_crease_deg, (int, float)) and 0 <= self.planar_crease_deg < 90):
             raise BadInputError(f"stage2.planar_crease_deg must be 0 (off) or below 90, got {self.planar_crease_deg!r}.", "")
+        if not (isinstance(self.planar_upright_deg, (int, float)) and 0 <= self.planar_upright_deg < 45):
+            raise BadInputError(f"stage2.planar_upright_deg must be 0 (off) or below 45, got {self.planar_upright_deg!r}.",
+                                "")
         if not isinstance(self.planar_every, int) or self.planar_every < 1:
             raise BadInputError("stage2.planar_every must be a positive integer.", "")
         _check_geometry_render("stage2", self.geometry_render)
