@@ -2,8 +2,9 @@
 
 Each (variant, prompt, seed) runs as its own `python -m engine run` job (the add-on's path), one
 thread per job and `--jobs` jobs at once, with the variant's settings laid over the job's. The
-asset is then judged: the judge's shape and colour (engine.judge.results), sphericity and the
-share of the area on big flat sides (engine.judge.geometry; a cube: 0.81 and 1, a ball: 1 and 0),
+asset is then judged: the judge's shape and colour (engine.judge.results), sphericity, the
+share of the area on big flat sides and the taper (engine.judge.geometry; a cube: 0.81, 1 and 1,
+a ball: 1, 0 and 1),
 and whether the exported GLB is closed. Prints a table and writes rows.jsonl, each run's folder
 and a contact sheet of the previews to --out. Runs at the CLI's sizes unless --small.
 
@@ -86,7 +87,7 @@ def run_one(variant: str, settings: dict, prompt: str, seed: int, out: Path, siz
 
 
 def measure(out: Path) -> dict:
-    from engine.judge.geometry import flat_share, load_closed_mesh, sphericity
+    from engine.judge.geometry import flat_share, load_closed_mesh, sphericity, taper
     from engine.judge.results import judge_result
 
     verdict = judge_result(out)
@@ -94,6 +95,7 @@ def measure(out: Path) -> dict:
     return {"shape": verdict["shape"], "p_shape": round(max(verdict["probabilities"]["shape"].values()), 3),
             "colour": verdict["colour"], "pattern": verdict["pattern"],
             "sphericity": round(sphericity(mesh), 3), "flat": round(flat_share(mesh), 3),
+            "taper": round(taper(mesh), 3),
             "watertight": bool(mesh.is_watertight), "triangles": int(len(mesh.faces))}
 
 
@@ -155,14 +157,14 @@ def main() -> None:
     order = {(name, prompt, seed): i for i, (name, _, prompt, seed) in enumerate(work)}
     rows.sort(key=lambda r: order[(r["variant"], r["prompt"], r["seed"])])
     contact_sheet(out, rows)
-    print("\n| variant | prompt | seed | judge shape (p) | colour | sphericity | flat | closed | wall |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| variant | prompt | seed | judge shape (p) | colour | sphericity | flat | taper | closed | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["code"] != 0:
-            print(f"| {r['variant']} | {r['prompt']} | {r['seed']} | failed (exit {r['code']}) | | | | | {r['wall_s']} s |")
+            print(f"| {r['variant']} | {r['prompt']} | {r['seed']} | failed (exit {r['code']}) | | | | | | {r['wall_s']} s |")
             continue
         print(f"| {r['variant']} | {r['prompt']} | {r['seed']} | {r['shape']} ({r['p_shape']}) | {r['colour']} | "
-              f"{r['sphericity']} | {r['flat']} | {'yes' if r['watertight'] else 'no'} | {r['wall_s']} s |")
+              f"{r['sphericity']} | {r['flat']} | {r['taper']} | {'yes' if r['watertight'] else 'no'} | {r['wall_s']} s |")
 
 
 if __name__ == "__main__":

@@ -371,14 +371,14 @@ def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, t
     assert mesh.is_watertight
     roundness, flat = sphericity(mesh), flat_share(mesh)
     assert verdict["shape"] == shape, (verdict["probabilities"]["shape"], roundness, flat)
-    # Measured (docs/benchmarks.md, seventh session): the ball 0.99 with no flat side; the cube 0.81
-    # with 70% of its area on flat sides here (two threads; seeds 0-3 on one thread: 0.78-0.81 and
-    # 89-98%; a clean cube: 0.81 and 100%; without creases between the regions 0.83-0.87 and 45-78%;
-    # before planar regions and level views: 0.92 and 13-18%).
+    # Measured (docs/benchmarks.md, eighth session): the ball 0.99 with no flat side; the cube 0.81
+    # with 93% of its area on flat sides here (two threads; seeds 0-3 on one thread: 0.77-0.81 and
+    # 92-98%; a clean cube: 0.81 and 100%; with the seventh session's preset, leaning sides: 71% here;
+    # without creases between the regions 0.83-0.87 and 45-78%; before planar regions: 0.92 and 13-18%).
     if shape == "sphere":
         assert roundness > 0.95 and flat < 0.02, (roundness, flat)
     else:
-        assert roundness < 0.85 and flat > 0.6, (roundness, flat)
+        assert roundness < 0.85 and flat > 0.75, (roundness, flat)
     assert verdict["colour"] == colour, verdict["colour_fractions"]
     texture = np.asarray(Image.open(tmp_path / result["outputs"]["texture"]).convert("RGB"))
     assert nearest_colour(texture) == colour
