@@ -29,9 +29,9 @@ def taper(mesh, up_axis: int = 1) -> float:
     import trimesh
     from scipy.spatial import ConvexHull
 
-    vertices, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=0)
-    height = vertices[:, up_axis]
-    across = np.delete(vertices, up_axis, axis=1)
+    points, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=0)
+    height = points[:, up_axis]
+    across = np.delete(points, up_axis, axis=1)
     level = (height - height.min()) / max(float(np.ptp(height)), 1e-12)
 
     def section_area(low: float, high: float) -> float:
