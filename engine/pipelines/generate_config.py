@@ -237,11 +237,8 @@ class RefineStageConfig:
                 raise BadInputError(f"stage2.{name} must be a non-negative number.", "")
         if not (isinstance(self.planar_angle_deg, (int, float)) and 0 < self.planar_angle_deg < 90):
             raise BadInputError(f"stage2.planar_angle_deg must be between 0 and 90, got {self.planar_angle_deg!r}.", "")
-        if not (isinstance(self.planar_crease_deg, (int, float)) and 0 <= self.planar_crease_deg < 90):
-            raise BadInputError(f"stage2.planar_crease_deg must be 0 (off) or below 90, got {self.planar_crease_deg!r}.", "")
-        if not (isinstance(self.planar_upright_deg, (int, float)) and 0 <= self.planar_upright_deg < 45):
-            raise BadInputError(f"stage2.planar_upright_deg must be 0 (off) or below 45, got {self.planar_upright_deg!r}.",
-                                "")
+        _check_off_or_below("stage2.planar_crease_deg", self.planar_crease_deg, 90)
+        _check_off_or_below("stage2.planar_upright_deg", self.planar_upright_deg, 45)
         if not isinstance(self.planar_every, int) or self.planar_every < 1:
             raise BadInputError("stage2.planar_every must be a positive integer.", "")
         _check_geometry_render("stage2", self.geometry_render)
@@ -324,6 +321,11 @@ def _check_positive(config, *names: str) -> None:
 def _check_probability(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
         raise BadInputError(f"{name} must be between 0 and 1, got {value!r}.", "")
+
+
+def _check_off_or_below(name: str, value: float, limit: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value < limit):
+        raise BadInputError(f"{name} must be 0 (off) or below {limit}, got {value!r}.", "")
 
 
 def _check_geometry_render(stage: str, value: str) -> None:
