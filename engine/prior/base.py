@@ -28,6 +28,8 @@ class DiffusionPrior:
     device: torch.device
     dtype: torch.dtype
     name: str
+    # The scheduler's prediction_type: what the network outputs. predict_noise always returns noise.
+    prediction_type: str = "epsilon"
 
     @property
     def num_train_timesteps(self) -> int:
@@ -52,6 +54,19 @@ class DiffusionPrior:
     @property
     def supports_controlnet(self) -> bool:
         return False
+
+    def noise_from_prediction(self, prediction: torch.Tensor, noisy: torch.Tensor,
+                              timesteps: torch.Tensor) -> torch.Tensor:
+        """The network's output as a noise prediction (float32). A v-prediction model outputs
+        v = sqrt(a) eps - sqrt(1 - a) x_0 with x_t = sqrt(a) x_0 + sqrt(1 - a) eps, so
+        eps = sqrt(a) v + sqrt(1 - a) x_t (a = alpha_bar_t)."""
+        prediction = prediction.float()
+        if self.prediction_type == "epsilon":
+            return prediction
+        if self.prediction_type != "v_prediction":
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        abar = self.alphas_cumprod[timesteps].view(-1, *([1] * (prediction.dim() - 1)))
+        return abar.sqrt() * prediction + (1 - abar).sqrt() * noisy.float()
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         abar = self.alphas_cumprod[timesteps].view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
