@@ -230,7 +230,8 @@ def stage1_step(model: NerfModel, prior, embeddings: torch.Tensor, perp_neg: boo
         image = shade_albedo(render, sample_lighting(cameras, generator), model.background(render.directions))
         x = prior.images_to_model_input(image.permute(0, 3, 1, 2))
         if perp_neg:
-            positive, others, weights = perp_neg_embeddings(embeddings[3:6], cameras.azimuth, 3.0)
+            positive, others, weights = perp_neg_embeddings(embeddings[3:7], cameras.elevation, cameras.azimuth,
+                                                            3.0, 60.0)
             distill = perp_neg_distillation_loss(prior, x, positive, embeddings[1:2], embeddings[2:3], others,
                                                  weights, guidance, at_step, generator)
         else:
@@ -449,7 +450,7 @@ def main() -> None:
         prior = build_pixel_prior(SMOKE_IF if args.smoke else IF_I_XL, device, dtype)
         header["if_unet_params_b"] = parameter_count(prior.unet)
         print(f"IF-I-XL-sized UNet: {header['if_unet_params_b']:.2f} B parameters", flush=True)
-        embeddings = torch.randn(6, text1["tokens"], text1["width"], generator=generator).to(device, dtype)
+        embeddings = torch.randn(7, text1["tokens"], text1["width"], generator=generator).to(device, dtype)
 
         def encode_prompts():
             from transformers import T5Config, T5EncoderModel

@@ -1,11 +1,19 @@
-"""GPU benchmark of the texture job's step (issue 2, "Speed and memory"), in the engine's own code.
+"""GPU benchmark of the texture job's step (issue 2, "Speed and memory"; issue 17, SDXL), in the
+engine's own code.
 
 Full-size architectures with random weights (speed does not depend on the weights' values;
-ControlNet's zero convolutions get small random values so nothing is timed on zeros):
-SD-1.5 UNet, the SD VAE and two ControlNets made with ControlNetModel.from_unet, fp16, wrapped
-in the engine's LatentPrior; random (3, 77, 768) text embeddings for [prompt, "", negative].
+ControlNet's zero convolutions get small random values so nothing is timed on zeros), fp16:
+  --model sd15 (default)  SD-1.5 UNet, the SD VAE and two ControlNets (depth, canny) made with
+                          ControlNetModel.from_unet, in the engine's LatentPrior; random (3, 77, 768)
+                          text embeddings for [prompt, "", negative]; views at 512 x 512.
+  --model sdxl            SDXL base's UNet, its VAE in fp16 (the architecture of the fp16-fixed VAE;
+                          --vae-float32: SDXL's own VAE upcast, as the engine runs it without that one)
+                          and one depth ControlNet (diffusers/controlnet-depth-sdxl-1.0 is the UNet's
+                          encoder copied, as from_unet makes it), in the engine's SdxlPrior; random
+                          (3, 77, 2048) hidden states and (3, 1280) pooled embeddings; views at its
+                          native 1024 x 1024. The configs are bench/model_configs.py's.
 Mesh: a trimesh icosphere (subdivisions 5, 20,480 triangles) in the unit box; a pool of 96
-random views rasterised at 512 x 512; the default 16-level hash-grid texture field.
+random views; the default 16-level hash-grid texture field.
 
   (a) the naive eager step (EagerTextureStep: what the job ran before), the ratio's denominator;
   (b) the fast step (GraphedTextureStep: one CUDA graph per step) and its variants
@@ -22,7 +30,8 @@ loss read back (as the job's loop does). Peak memory is torch.cuda.max_memory_al
 building the step (capture included) to the end of its timed steps, models and views included.
 
     python bench/bench_texture_step.py                  # on a CUDA GPU (about 5 minutes)
-    python bench/bench_texture_step.py --smoke          # tiny sizes on the CPU: checks the script runs
+    python bench/bench_texture_step.py --model sdxl     # SDXL at 1024; no whole job unless --job-steps
+    python bench/bench_texture_step.py --smoke [--model sdxl]  # tiny sizes on the CPU: checks the script runs
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +65,7 @@ from engine.prior.group_norm_triton import triton_group_norms  # noqa: E402
 from engine.pipelines.views import ViewPool  # noqa: E402
 from engine.prior.base import ControlImages  # noqa: E402
 from engine.prior.latent import LatentPrior  # noqa: E402
+from engine.prior.sdxl import FP16_FIX_VAE, SdxlPrior, pack_embeddings  # noqa: E402
 from engine.render.cameras import sample_cameras  # noqa: E402
 
 # stable-diffusion-v1-5 unet/config.json
@@ -69,7 +80,7 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channe
 # CLIP ViT-L/14's text tower (what SD-1.5's embeddings come from), for the job's model folder.
 CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                    max_position_embeddings=77)
-TOKENS, TEXT_WIDTH = 77, 768
+TOKENS = 77
 
 # Fast-step variants: "default" is what the job runs; each other one changes one thing.
 VARIANTS = {
@@ -88,6 +99,8 @@ VARIANTS = {
     "no-channels-last": {"channels_last": False},  # the networks NCHW (cuDNN converts around each conv)
     "no-fused-elementwise": {"fused_elementwise": False},  # PyTorch's bias adds and GEGLU
 }
+DEFAULT_VARIANTS = ("default,none,pytorch-grid,no-shuffle,no-overlap,no-shared-condition,no-triton-group-norm,"
+                    "no-math-vae-attention")
 OPTION_NAMES = ("share_condition", "overlap_controlnets", "triton_group_norm", "vae_math_attention",
                 "shuffle_points", "channels_last", "fused_elementwise")
 
@@ -97,6 +110,49 @@ SMOKE_UNET = dict(SD15_UNET, sample_size=8, layers_per_block=1, block_out_channe
 SMOKE_VAE = dict(SD_VAE, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, sample_size=64)
 SMOKE_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                   max_position_embeddings=77)
+# SDXL's toy UNet: text hidden states 16 + 16 wide, pooled embedding 16, time ids embedded in 8 each.
+SMOKE_SDXL_TEXT = dict(SMOKE_TEXT, hidden_size=16, intermediate_size=32)
+SMOKE_SDXL_POOLED = 16
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """The architecture one run builds: configs of the UNet, the VAE and the text encoders (for the
+    whole job's model folder; SDXL's second one has a projection), the ControlNets, the render size."""
+
+    name: str
+    unet: dict
+    vae: dict
+    text_encoders: tuple[dict, ...]
+    controlnets: tuple[str, ...]
+    render_size: int
+
+    @property
+    def sdxl(self) -> bool:
+        return self.unet.get("addition_embed_type") == "text_time"
+
+    @property
+    def text_width(self) -> int:
+        return int(self.unet["cross_attention_dim"])
+
+
+def bench_model(name: str, smoke: bool, vae_float32: bool) -> BenchModel:
+    if name == "sd15":
+        return (BenchModel(name, SMOKE_UNET, SMOKE_VAE, (SMOKE_TEXT,), ("depth", "canny"), 64) if smoke else
+                BenchModel(name, SD15_UNET, SD_VAE, (CLIP_L_TEXT,), ("depth", "canny"), 512))
+    # model_configs imports this module's SD 1.5 configs, so it is imported here, not at the top.
+    from model_configs import OPENCLIP_BIGG_TEXT, SDXL_UNET, SDXL_VAE
+
+    # In float16 the VAE is the fp16-fixed one: SDXL's architecture without force_upcast.
+    vae = dict(SDXL_VAE, force_upcast=vae_float32)
+    if not smoke:
+        return BenchModel(name, SDXL_UNET, vae, (CLIP_L_TEXT, OPENCLIP_BIGG_TEXT), ("depth",), 1024)
+    unet = dict(SDXL_UNET, sample_size=8, layers_per_block=1, block_out_channels=(32, 32, 64),
+                attention_head_dim=(2, 2, 4), transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32,
+                addition_time_embed_dim=8, projection_class_embeddings_input_dim=SMOKE_SDXL_POOLED + 6 * 8,
+                norm_num_groups=8)
+    return BenchModel(name, unet, dict(SMOKE_VAE, scaling_factor=vae["scaling_factor"], force_upcast=vae_float32),
+                      (SMOKE_SDXL_TEXT, dict(SMOKE_SDXL_TEXT, projection_dim=SMOKE_SDXL_POOLED)), ("depth",), 64)
 
 
 def sd_alphas_cumprod() -> torch.Tensor:
@@ -113,7 +169,7 @@ def randomise_zeros(module: torch.nn.Module, generator: torch.Generator) -> None
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 1e-3)
 
 
-def build_models(device: torch.device, dtype: torch.dtype, smoke: bool):
+def build_models(device: torch.device, dtype: torch.dtype, model: BenchModel, smoke: bool):
     import diffusers
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
@@ -121,23 +177,35 @@ def build_models(device: torch.device, dtype: torch.dtype, smoke: bool):
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    unet_config, vae_config = (SMOKE_UNET, SMOKE_VAE) if smoke else (SD15_UNET, SD_VAE)
     with torch.device(device):  # initialise on the GPU: full-size CPU initialisation takes minutes
-        unet = UNet2DConditionModel(**unet_config)
-        vae = AutoencoderKL(**vae_config)
+        unet = UNet2DConditionModel(**model.unet)
+        vae = AutoencoderKL(**model.vae)
         extra = dict(conditioning_embedding_out_channels=(4, 8, 8, 8)) if smoke else {}
-        controlnets = {name: ControlNetModel.from_unet(unet, **extra) for name in ("depth", "canny")}
+        controlnets = {name: ControlNetModel.from_unet(unet, **extra) for name in model.controlnets}
     for module in (unet, vae, *controlnets.values()):
         randomise_zeros(module, generator)
-    unet, vae = unet.to(dtype), vae.to(dtype)
+    # SDXL's own VAE overflows in float16 (force_upcast): the engine runs it in float32.
+    unet, vae = unet.to(dtype), vae.to(torch.float32 if model.vae.get("force_upcast") else dtype)
     controlnets = {name: net.to(dtype) for name, net in controlnets.items()}
     return unet, vae, controlnets
 
 
-def make_prior(unet, vae, controlnets, device, dtype) -> LatentPrior:
-    # The text encoder is not needed: embeddings are given (the job frees it after encoding, too).
+def make_prior(model: BenchModel, unet, vae, controlnets, device, dtype) -> LatentPrior:
+    # The text encoders are not needed: embeddings are given (the job frees them after encoding, too).
+    if model.sdxl:
+        return SdxlPrior(unet, vae, (torch.nn.Identity(), torch.nn.Identity()), (None, None), sd_alphas_cumprod(),
+                         controlnets, "bench", device, dtype)
     return LatentPrior(unet, vae, torch.nn.Identity(), None, sd_alphas_cumprod(), controlnets, "bench",
                        device, dtype)
+
+
+def random_embeddings(prior: LatentPrior, model: BenchModel, device, dtype) -> torch.Tensor:
+    """Random text embeddings for [prompt, "", negative], in the prior's layout (SDXL's: pooled rows packed)."""
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, TOKENS, model.text_width, generator=generator)
+    if model.sdxl:
+        hidden = pack_embeddings(hidden, torch.randn(3, prior.pooled_dim, generator=generator))
+    return hidden.to(device, dtype)
 
 
 def icosphere_unit(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +326,7 @@ def breakdown(static: StaticTextureStep, prior: LatentPrior, embeddings: torch.T
     timesteps = torch.full((3,), 300, device=points.device, dtype=torch.long)
     batch_embeddings = embeddings.repeat_interleave(1, dim=0)
     control = ControlImages(static.control, static.control_scale)
+    nets = f"{len(prior.controlnets)} ControlNet{'s' if len(prior.controlnets) > 1 else ''}"
     upstream = torch.randn(static.n_max, 3, device=points.device)
 
     def field_fwd_bwd():
@@ -275,7 +344,7 @@ def breakdown(static: StaticTextureStep, prior: LatentPrior, embeddings: torch.T
 
     def unet_only():
         with torch.no_grad():
-            prior.unet(latents.to(prior.dtype), timesteps, encoder_hidden_states=batch_embeddings, return_dict=False)
+            prior.predict_noise(latents, timesteps, batch_embeddings)
 
     def unet_controlnets():
         with torch.no_grad():
@@ -308,9 +377,9 @@ def breakdown(static: StaticTextureStep, prior: LatentPrior, embeddings: torch.T
               ("VAE encoder fwd+bwd, channels_last + cudnn.benchmark", vae_channels_last),
               ("VAE encoder fwd+bwd, Triton GroupNorm + math attention", vae_fast),
               ("UNet, batch 3, no_grad", unet_only),
-              ("UNet + 2 ControlNets, batch 3, no_grad", unet_controlnets),
-              ("UNet + 2 ControlNets, condition embedded once", unet_controlnets_shared),
-              ("UNet + 2 ControlNets, all of the step's options", unet_controlnets_fast)]
+              (f"UNet + {nets}, batch 3, no_grad", unet_controlnets),
+              (f"UNet + {nets}, condition embedded once", unet_controlnets_shared),
+              (f"UNet + {nets}, all of the step's options", unet_controlnets_fast)]
     rows = []
     for name, fn in pieces:
         channels_last = "channels_last" in name
@@ -370,31 +439,47 @@ def profile_step(static: StaticTextureStep) -> None:
     profile_kernels("whole static step, default options", static.forward_backward_update, top=30)
 
 
-def save_model_folder(root: Path, unet, vae, controlnets, smoke: bool) -> tuple[Path, dict[str, Path]]:
-    """A diffusers Stable Diffusion folder (+ ControlNet folders) of the benchmark's random models."""
-    from diffusers import DDPMScheduler
+def save_model_folder(root: Path, model: BenchModel, unet, vae, controlnets) -> tuple[Path, dict[str, Path]]:
+    """A diffusers Stable Diffusion (or SDXL) folder and ControlNet folders of the benchmark's random
+    models. SDXL's fp16 VAE goes into a Hugging Face cache under `root` as the fp16-fixed VAE, and its
+    folder gets SDXL's own VAE config (force_upcast), so the job finds the fixed one as a user's would."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
     from tiny_models import save_word_tokenizer
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    sd = root / "sd15-random"
-    unet.save_pretrained(sd / "unet")
-    vae.save_pretrained(sd / "vae")
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=16, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-                                        **(SMOKE_TEXT if smoke else CLIP_L_TEXT)))
-    text.to(unet.dtype).save_pretrained(sd / "text_encoder")
-    save_word_tokenizer(sd / "tokenizer", max_length=TOKENS)
-    DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                  beta_schedule="scaled_linear").save_pretrained(sd / "scheduler")
-    (sd / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "scheduler": ["diffusers", "DDPMScheduler"]}))
+    folder = root / f"{model.name}-random"
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    if model.sdxl and not vae.config.force_upcast:
+        snapshot = root / "hf-cache" / f"models--{FP16_FIX_VAE.replace('/', '--')}" / "snapshots" / "bench"
+        vae.save_pretrained(snapshot)
+        (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
+        (snapshot.parents[1] / "refs" / "main").write_text("bench")
+        config_path = folder / "vae" / "config.json"
+        config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), force_upcast=True)))
+    components = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    for index, text_config in enumerate(model.text_encoders):
+        suffix = f"_{index + 1}" if index else ""
+        encoder_class = CLIPTextModelWithProjection if "projection_dim" in text_config else CLIPTextModel
+        with torch.device(unet.device):  # full-size CPU initialisation is slow
+            encoder = encoder_class(CLIPTextConfig(vocab_size=16, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                                                   **text_config))
+        encoder.to(unet.dtype).save_pretrained(folder / f"text_encoder{suffix}")
+        save_word_tokenizer(folder / f"tokenizer{suffix}", max_length=TOKENS)
+        components[f"text_encoder{suffix}"] = ["transformers", encoder_class.__name__]
+        components[f"tokenizer{suffix}"] = ["transformers", "PreTrainedTokenizerFast"]
+    scheduler_class = EulerDiscreteScheduler if model.sdxl else DDPMScheduler
+    scheduler_class(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                    beta_schedule="scaled_linear").save_pretrained(folder / "scheduler")
+    components["scheduler"] = ["diffusers", scheduler_class.__name__]
+    pipeline = "StableDiffusionXLPipeline" if model.sdxl else "StableDiffusionPipeline"
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline, "_diffusers_version": "0.42.1",
+                                                         **components}))
     folders = {}
     for name, net in controlnets.items():
         folders[name] = root / f"controlnet-{name}"
         net.save_pretrained(folders[name])
-    return sd, folders
+    return folder, folders
 
 
 def run_job(root: Path, model: Path, controlnets: dict[str, Path], steps: int, render_size: int,
@@ -412,9 +497,11 @@ def run_job(root: Path, model: Path, controlnets: dict[str, Path], steps: int, r
                           "controlnet_models": {name: str(path) for name, path in controlnets.items()}}}
     (job / "job.json").write_text(json.dumps({"protocol": 1, "task": "texture", "mesh": "mesh.obj",
                                               "output": "out", "settings": settings}))
-    # A fresh Triton cache: the job pays its kernels' compilation, as on a fresh install.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRITON_CACHE_DIR=str(job / "triton-cache"), PYTHONPATH=os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    # A fresh Triton cache: the job pays its kernels' compilation, as on a fresh install. The Hugging
+    # Face cache is save_model_folder's (SDXL's fp16-fixed VAE, if any), not this machine's.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRITON_CACHE_DIR=str(job / "triton-cache"),
+               HF_HUB_CACHE=str(model.parent / "hf-cache"),
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     begin = time.perf_counter()
     try:
         process = subprocess.run([sys.executable, "-m", "engine", "run", str(job)], cwd=REPO, env=env,
@@ -436,9 +523,9 @@ def run_job(root: Path, model: Path, controlnets: dict[str, Path], steps: int, r
                 texture=str(job / "out" / "texture.png"))
 
 
-def markdown(rows: list[dict], pieces: list[dict], job: dict | None, eager_ms: float, device_name: str,
+def markdown(rows: list[dict], pieces: list[dict], job: dict | None, eager_ms: float, device_name: str, setup: str,
              smoke: bool) -> str:
-    lines = [f"Device: {device_name}{' (smoke run: tiny models, not a measurement)' if smoke else ''}", "",
+    lines = [f"Device: {device_name}; {setup}{' (smoke run: tiny models, not a measurement)' if smoke else ''}", "",
              "| step | median (CUDA events) | wall per step | p10-p90 | speed-up vs eager | peak memory | build |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -460,15 +547,20 @@ def markdown(rows: list[dict], pieces: list[dict], job: dict | None, eager_ms: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script runs")
+    parser.add_argument("--model", choices=("sd15", "sdxl"), default="sd15",
+                        help="sd15: SD 1.5 + depth and canny ControlNets at 512; sdxl: SDXL base + depth at 1024")
+    parser.add_argument("--vae-float32", action="store_true",
+                        help="sdxl: SDXL's own VAE in float32 (the engine's fallback without the fp16-fixed VAE)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 60; smoke 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; smoke 1)")
     parser.add_argument("--views", type=int, default=None, help="view pool size (default 96; smoke 4)")
-    parser.add_argument("--variants", default="default,none,pytorch-grid,no-shuffle,no-overlap,no-shared-condition,"
-                                              "no-triton-group-norm,no-math-vae-attention",
-                        help=f"fast-step variants, comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=None,
+                        help=f"fast-step variants, comma-separated, from: {', '.join(VARIANTS)} (default: "
+                             f"{DEFAULT_VARIANTS}; with one ControlNet, as sdxl's, no no-overlap)")
     parser.add_argument("--profile", action="store_true", help="print the step's top CUDA kernels")
     parser.add_argument("--no-breakdown", action="store_true")
-    parser.add_argument("--job-steps", type=int, default=None, help="whole-job steps (default 2000; 0 skips)")
+    parser.add_argument("--job-steps", type=int, default=None,
+                        help="whole-job steps (default 2000 for sd15, 0 (skipped) for sdxl; smoke 6; 0 skips)")
     parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds before the job is killed")
     parser.add_argument("--out", default=None, help="folder for results.json, results.md and the job")
     args = parser.parse_args()
@@ -480,22 +572,28 @@ def main() -> None:
     steps = args.steps or (3 if smoke else 60)
     warmup = args.warmup if args.warmup is not None else (1 if smoke else 10)
     views_count = args.views or (4 if smoke else 96)
-    job_steps = args.job_steps if args.job_steps is not None else (6 if smoke else 2000)
-    render_size, texture_size, subdivisions = (64, 128, 2) if smoke else (512, 2048, 5)
-    out = Path(args.out or (REPO / "bench" / "out-texture-step"))
+    # SDXL's 2000-step job would outlast the job timeout; --job-steps asks for a shorter one.
+    job_steps = args.job_steps if args.job_steps is not None else (6 if smoke else 0 if args.model == "sdxl" else 2000)
+    model = bench_model(args.model, smoke, args.vae_float32)
+    render_size = model.render_size
+    variants = args.variants or ",".join(variant for variant in DEFAULT_VARIANTS.split(",")
+                                         if len(model.controlnets) > 1 or variant != "no-overlap")
+    texture_size, subdivisions = (128, 2) if smoke else (2048, 5)
+    out = Path(args.out or (REPO / "bench" / f"out-texture-step{'-sdxl' if model.sdxl else ''}"))
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float32 if smoke else torch.float16
     device_name = "CPU" if smoke else torch.cuda.get_device_name()
-    print(f"torch {torch.__version__}, device {device_name}", flush=True)
+    setup = (f"{model.name}, {render_size} px, ControlNets: {', '.join(model.controlnets)}, VAE in "
+             f"{'float32' if model.vae.get('force_upcast') else str(dtype).removeprefix('torch.')}")
+    print(f"torch {torch.__version__}, device {device_name}, {setup}", flush=True)
 
     begin = time.perf_counter()
-    unet, vae, controlnets = build_models(device, dtype, smoke)
-    prior = make_prior(unet, vae, controlnets, device, dtype)
-    embeddings = torch.randn(3, TOKENS, SMOKE_UNET["cross_attention_dim"] if smoke else TEXT_WIDTH,
-                             generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    unet, vae, controlnets = build_models(device, dtype, model, smoke)
+    prior = make_prior(model, unet, vae, controlnets, device, dtype)
+    embeddings = random_embeddings(prior, model, device, dtype)
     config = TextureJobConfig(prompt="bench", mesh="-", out="-", steps=2000, render_size=render_size,
                               texture_size=texture_size)
-    config.prior.controlnets = ("depth", "canny")
+    config.prior.controlnets = model.controlnets
     config.validate()
     vertices, faces = icosphere_unit(subdivisions)
     positions, triangles = torch.from_numpy(vertices).to(device), torch.from_numpy(faces).to(device)
@@ -524,7 +622,7 @@ def main() -> None:
 
     print("(b) fast step", flush=True)
     fast_class = StaticTextureStep if smoke else GraphedTextureStep
-    for variant in [v for v in args.variants.split(",") if v]:
+    for variant in [v for v in variants.split(",") if v]:
         if variant not in VARIANTS:
             sys.exit(f"unknown variant {variant}; use {', '.join(VARIANTS)}")
         if smoke and variant != "default":
@@ -558,27 +656,27 @@ def main() -> None:
         del static
 
     job = None
-    save_results(out, rows, pieces, job, eager["median_ms"], device_name, smoke)
+    save_results(out, rows, pieces, job, eager["median_ms"], device_name, setup, smoke)
     if job_steps > 0:
         print(f"(c) whole job: {job_steps} steps at {render_size}, bake {texture_size}", flush=True)
         begin = time.perf_counter()
-        model, controlnet_folders = save_model_folder(out / "models", unet, vae, controlnets, smoke)
+        model_folder, controlnet_folders = save_model_folder(out / "models", model, unet, vae, controlnets)
         print(f"  model folder written in {time.perf_counter() - begin:.1f} s (not part of the job)", flush=True)
         del prior, unet, vae, controlnets, views, field
         reset_peak()
-        job = run_job(out, model, controlnet_folders, job_steps, render_size, texture_size, device.type,
+        job = run_job(out, model_folder, controlnet_folders, job_steps, render_size, texture_size, device.type,
                       subdivisions, args.job_timeout)
         print(f"  job: exit {job['exit_code']}, {job['wall_s']:.1f} s wall, timings {job['timings']}, "
               f"warnings {job['warnings']}, stages began at {job['stage_start_s']}", flush=True)
 
-    table = save_results(out, rows, pieces, job, eager["median_ms"], device_name, smoke)
+    table = save_results(out, rows, pieces, job, eager["median_ms"], device_name, setup, smoke)
     print()
     print(table)
 
 
-def save_results(out: Path, rows, pieces, job, eager_ms: float, device_name: str, smoke: bool) -> str:
-    table = markdown(rows, pieces, job, eager_ms, device_name, smoke)
-    (out / "results.json").write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+def save_results(out: Path, rows, pieces, job, eager_ms: float, device_name: str, setup: str, smoke: bool) -> str:
+    table = markdown(rows, pieces, job, eager_ms, device_name, setup, smoke)
+    (out / "results.json").write_text(json.dumps({"device": device_name, "setup": setup, "torch": torch.__version__,
                                                   "steps": rows, "pieces": pieces, "job": job}, indent=2))
     (out / "results.md").write_text(table + "\n")
     return table

@@ -73,7 +73,7 @@ def main() -> None:
     text = dict(tokens=8, width=32) if args.smoke else T5_XXL
     prior = build_pixel_prior(SMOKE_IF if args.smoke else IF_I_XL, device, dtype)
     use_cuda_graphs(prior, device.type == "cuda")
-    embeddings = torch.randn(6, text["tokens"], text["width"], generator=generator).to(device, dtype)
+    embeddings = torch.randn(7, text["tokens"], text["width"], generator=generator).to(device, dtype)
     size = 16 if args.smoke else 64
     for name, perp_neg, batch in (("stage 1 + Perp-Neg, batch 1", True, 1),
                                   (f"stage 1, batch {NO_FRONT_BATCH} (no clear front)", False, NO_FRONT_BATCH)):

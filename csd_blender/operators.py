@@ -7,6 +7,7 @@ script (``bpy.ops.csd.texture_selected()``) the same code runs synchronously.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +20,8 @@ from .blender import mesh_export, preview, result_import
 from .blender.mesh_export import UserError
 from .exchange import engine_env
 from .exchange import jobs as jobs_mod
+from .exchange import models as models_mod
+from .exchange import progress as progress_mod
 from .exchange import protocol
 from .exchange import queue as q
 from .exchange import settings as settings_mod
@@ -573,6 +576,7 @@ class CSD_OT_check_engine(bpy.types.Operator):
         state = preferences.EngineState
         prefs = preferences.get(context)
         state.check_lines = []
+        state.check_rows = []
         state.check_ok = None
         try:
             python = preferences.engine_python(prefs)
@@ -599,7 +603,9 @@ class CSD_OT_check_engine(bpy.types.Operator):
             log.unlink()
         except OSError:
             pass
-        cmd = engine_env.BackgroundCommand(engine_env.check_command(python, models), log,
+        # cwd: the log's folder, so the engine found is the one on PYTHONPATH, not an "engine" folder
+        # wherever Blender was started.
+        cmd = engine_env.BackgroundCommand(engine_env.check_command(python, models), log, cwd=log.parent,
                                            env=make_env(preferences.engine_source(prefs),
                                                         preferences.engine_env_extra(prefs)))
         try:
@@ -617,8 +623,10 @@ class CSD_OT_check_engine(bpy.types.Operator):
         state.check_running = False
         report = engine_env.parse_check_output(cmd.output())
         state.check_lines = engine_env.summarize_check(report)
+        state.check_rows = models_mod.model_rows(report)
         state.check_ok = bool(report and report.get("torch") and report.get("engine"))
-        self.report({'INFO'} if state.check_ok else {'WARNING'}, " | ".join(state.check_lines))
+        self.report({'INFO'} if state.check_ok else {'WARNING'},
+                    " | ".join(state.check_lines + [row.text() for row in state.check_rows]))
         redraw()
         return {'FINISHED'}
 
@@ -657,9 +665,119 @@ class CSD_OT_check_engine(bpy.types.Operator):
         preferences.EngineState.check_running = False
 
 
+class CSD_OT_download_model(bpy.types.Operator):
+    """Download only the files the engine loads of this model, with a progress bar (needs online access)"""
+
+    bl_idname = "csd.download_model"
+    bl_label = "Download Model"
+    bl_options = {'INTERNAL'}
+
+    model: bpy.props.StringProperty(name="Model", description="Hugging Face id (owner/name)")
+
+    def _fail(self, message: str, hint: str = ""):
+        state = preferences.EngineState
+        state.download_level, state.download_message, state.download_hint = "ERROR", message, hint
+        set_report("ERROR", message, hint)
+        self.report({'ERROR'}, f"{message} {hint}".strip())
+        redraw()
+        return None
+
+    def _begin(self, context):
+        state = preferences.EngineState
+        if state.downloading():
+            return self._fail(f"{state.download.model} is still downloading.", "Wait for it, or cancel it.")
+        if not preferences.online_access():
+            return self._fail("Online access is off, so nothing was downloaded.",
+                              "Allow it in Preferences > System > Network, then click Download again.")
+        if not models_mod.is_hub_id(self.model):
+            return self._fail(f"{self.model!r} is not a Hugging Face id (owner/name).",
+                              "Only hub models can be downloaded; a folder or 'bundled' is already here.")
+        prefs = preferences.get(context)
+        try:
+            python, source, env = engine_launch(prefs)
+        except UserError as exc:
+            return self._fail(exc.message, exc.hint)
+        download = models_mod.ModelDownload(python, self.model, source, env, preferences.user_dir() / "download.log",
+                                            cache_dir=preferences.as_dict(prefs)["cache_dir"])
+        try:
+            download.start()
+        except OSError as exc:
+            return self._fail(f"The engine could not be started: {exc}.",
+                              "Check the engine Python in the add-on's preferences, or click 'Set up engine'.")
+        state.download, state.download_level, state.download_message, state.download_hint = download, "", "", ""
+        redraw(context)
+        return download
+
+    def _end(self, download):
+        state = preferences.EngineState
+        level, message, hint = download.outcome()
+        state.download_level, state.download_message, state.download_hint = level, message, hint
+        if download.ok:
+            size = download.progress.finished.get("size_bytes", 0)
+            state.check_rows = [dataclasses.replace(row, local=True, complete=True, missing=(),
+                                                    size=progress_mod.format_bytes(size))
+                                if row.model == download.model else row for row in state.check_rows]
+        set_report(level, message, hint)
+        self.report({level}, f"{message} {hint}".strip() if level == "ERROR" else message)
+        redraw()
+        return {'FINISHED'} if download.ok else {'CANCELLED'}
+
+    def execute(self, context):
+        download = self._begin(context)
+        if download is None:
+            return {'CANCELLED'}
+        while not download.poll():
+            time.sleep(SYNC_POLL_S)
+        return self._end(download)
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        download = self._begin(context)
+        if download is None:
+            return {'CANCELLED'}
+        self._download = download
+        self._timer = context.window_manager.event_timer_add(POLL_INTERVAL_S, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {'RUNNING_MODAL'}
+
+    def modal(self, context, event):
+        if event.type != 'TIMER' or event.timer is not self._timer:
+            return {'PASS_THROUGH'}
+        done = self._download.poll()
+        redraw(context)
+        if not done:
+            return {'RUNNING_MODAL'}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._end(self._download)
+
+    def cancel(self, context):
+        # Blender ends modal operators when a file is loaded or the window closes: nobody will poll
+        # the engine after this, so it is stopped now.
+        self._download.stop()
+        try:
+            context.window_manager.event_timer_remove(self._timer)
+        except Exception:
+            pass
+
+
+class CSD_OT_download_model_cancel(bpy.types.Operator):
+    """Stop the model download (files already fetched are kept, and the next download goes on from them)"""
+
+    bl_idname = "csd.download_model_cancel"
+    bl_label = "Cancel Download"
+    bl_options = {'INTERNAL'}
+
+    def execute(self, context):
+        if preferences.EngineState.downloading():
+            preferences.EngineState.download.cancel()
+        redraw(context)
+        return {'FINISHED'}
+
+
 classes = (CSD_OT_texture_selected, CSD_OT_generate_asset, CSD_OT_apply_edit, CSD_OT_cancel,
            CSD_OT_dismiss_report, CSD_OT_open_folder, CSD_OT_setup_engine, CSD_OT_setup_engine_cancel,
-           CSD_OT_check_engine)
+           CSD_OT_check_engine, CSD_OT_download_model, CSD_OT_download_model_cancel)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -9,7 +9,7 @@ import bpy
 from . import preferences
 from .blender import preview
 from .exchange import queue as q
-from .exchange.progress import format_duration
+from .exchange.progress import DOWNLOADING, format_duration
 from .exchange.queue import QUEUE
 from .exchange.settings import BUNDLED
 
@@ -33,6 +33,8 @@ def progress_text(job) -> str:
         return "Waiting"
     if job.state == q.CANCELLING:
         return "Cancelling..."
+    if p.stage == DOWNLOADING:
+        return p.download_text()
     if p.total_steps and p.step:
         return f"Step {p.step}/{p.total_steps}  {format_duration(job.elapsed_s)}  ETA {format_duration(job.eta_s)}"
     return f"{p.stage.capitalize()}  {format_duration(job.elapsed_s)}"
@@ -48,7 +50,7 @@ def draw_jobs(layout):
     row.label(text=active.describe(), icon='SORTTIME')
     row.operator("csd.cancel", text="Cancel All" if len(jobs) > 1 else "Cancel", icon='CANCEL').job_id = 0
     box.progress(factor=active.progress.fraction, type='BAR', text=progress_text(active))
-    if active.progress.stage not in ("waiting", "starting", "optimising", "finished"):
+    if active.progress.stage not in ("waiting", "starting", "optimising", "finished", DOWNLOADING):
         box.label(text=active.progress.stage.capitalize())
     icon = preview.thumbnail_icon(active)
     if icon:
@@ -112,6 +114,8 @@ class CSD_PT_main(_SidebarPanel, bpy.types.Panel):
             layout.label(text="New jobs wait in line until this one finishes.", icon='INFO')
 
         draw_jobs(layout)
+        if preferences.EngineState.downloading():
+            preferences.draw_download(layout.box())
         draw_report(layout, width)
         if prefs is not None and not prefs.engine_python:
             from .exchange import engine_env

@@ -13,14 +13,23 @@ ADDON_ID = __package__
 
 
 class EngineState:
-    """Runtime state of the 'Set up engine' and 'Check engine' helpers (not saved)."""
+    """Runtime state of the 'Set up engine', 'Check engine' and model Download helpers (not saved)."""
 
     setup = None  # engine_env.SetupPlan while it runs
     setup_message = ""
     setup_error = ""
     check_running = False
     check_lines: list = []
+    check_rows: list = []  # models.ModelRow: which models are on this machine, with their sizes
     check_ok: bool | None = None
+    download = None  # models.ModelDownload, the running or last download
+    download_level = ""  # "INFO" or "ERROR" once it has ended
+    download_message = ""
+    download_hint = ""
+
+    @classmethod
+    def downloading(cls) -> bool:
+        return cls.download is not None and not cls.download.done
 
 
 def online_access() -> bool:
@@ -104,7 +113,6 @@ def engine_env_extra(prefs) -> dict:
     if prefs.cache_dir:
         cache = bpy.path.abspath(prefs.cache_dir)
         extra["HF_HUB_CACHE"] = cache
-        extra["CSD_CACHE_DIR"] = cache
     if not (prefs.allow_download and online_access()):
         extra["HF_HUB_OFFLINE"] = "1"
     return extra
@@ -135,12 +143,16 @@ class CSD_AddonPreferences(bpy.types.AddonPreferences):
     edit_model: StringProperty(
         name="Edit model", default="",
         description="Diffusion model for Apply Edit; empty: the engine's default")
+    # Empty by default: the engine picks the ControlNets of the texture model's family (SD 1.x and
+    # SDXL have their own; SD 2.x has none), and refuses one made for another family.
     controlnet_depth: StringProperty(
-        name="Depth ControlNet", default="lllyasviel/control_v11f1p_sd15_depth",
-        description="Depth ControlNet used with Stable Diffusion models")
+        name="Depth ControlNet", default="",
+        description="Depth ControlNet (hub id or folder) made for the texture model's family; "
+                    "empty: the family's standard one")
     controlnet_canny: StringProperty(
-        name="Canny ControlNet", default="lllyasviel/control_v11p_sd15_canny",
-        description="Canny-edge ControlNet used with Stable Diffusion models")
+        name="Canny ControlNet", default="",
+        description="Canny-edge ControlNet (hub id or folder) made for the texture model's family; "
+                    "empty: the family's standard one")
     cache_dir: StringProperty(
         name="Model cache", subtype='DIR_PATH', default="",
         description="Where downloaded models are kept; empty: the Hugging Face default (~/.cache/huggingface)")
@@ -196,6 +208,7 @@ class CSD_AddonPreferences(bpy.types.AddonPreferences):
             box.label(text="Checking the engine...", icon='SORTTIME')
         for line in EngineState.check_lines:
             box.label(text=line)
+        draw_models(box)
         box.prop(self, "device")
 
         box = layout.box()
@@ -225,6 +238,38 @@ class CSD_AddonPreferences(bpy.types.AddonPreferences):
         box.prop(self, "extra_settings")
         if self.extra_settings.strip() and not extra_settings(self):
             box.label(text="Extra settings: not a JSON object, ignored", icon='ERROR')
+
+
+def draw_models(layout) -> None:
+    """The models 'Check engine' found (or not) on this machine, a Download button for each missing one
+    while online access is allowed, and the running download's progress bar with its Cancel."""
+    rows = EngineState.check_rows
+    if rows:
+        col = layout.column(align=True)
+        col.label(text="Models", icon='NODE_MATERIAL')
+        for row in rows:
+            line = col.row()
+            line.label(text=row.text(), icon='CHECKMARK' if row.complete else 'ERROR' if row.local else 'BLANK1')
+            if row.downloadable:
+                button = line.row()
+                button.enabled = online_access() and not EngineState.downloading()
+                button.operator("csd.download_model", text="Download", icon='IMPORT').model = row.model
+    draw_download(layout)
+
+
+def draw_download(layout) -> None:
+    download = EngineState.download
+    if EngineState.downloading():
+        row = layout.row(align=True)
+        row.progress(factor=download.fraction, type='BAR', text=download.status_text())
+        row.operator("csd.download_model_cancel", text="", icon='X')
+        if download.progress.download_file:
+            layout.label(text=download.progress.download_file, icon='FILE')
+    elif EngineState.download_message:
+        icon = 'ERROR' if EngineState.download_level == "ERROR" else 'INFO'
+        layout.label(text=EngineState.download_message, icon=icon)
+        if EngineState.download_hint:
+            layout.label(text=EngineState.download_hint)
 
 
 classes = (CSD_AddonPreferences,)

@@ -1,7 +1,9 @@
 """`python -m engine`: the command line, for people and for the add-on (`run JOB_DIR`).
 
-Subcommands build a typed job config, validate it, and hand it to `run_pipeline`, which
-guarantees a result.json and a documented exit code for every outcome.
+Job subcommands build a typed job config, validate it, and hand it to `run_pipeline`, which
+guarantees a result.json and a documented exit code for every outcome. `models list` and
+`models download` tell which models are on this machine and fetch one (only the files the
+engine loads); they print JSON lines too, and import no PyTorch.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import importlib
 import sys
 from pathlib import Path
 
-from .config import (DEFAULT_NEGATIVE_PROMPT, TextureJobConfig, add_common_arguments, apply_common_arguments, to_dict,
-                     update_from_dict)
-from .errors import EngineError, JobFileError
-from .job.progress import CancelToken, ProgressReporter
+from .config import (BUNDLED_MODEL, DEFAULT_NEGATIVE_PROMPT, TextureJobConfig, add_common_arguments,
+                     apply_common_arguments, to_dict, update_from_dict)
+from .errors import BadInputError, Cancelled, EngineError, JobFileError
+from .job.progress import CancelToken, ProgressReporter, format_bytes
 from .job.protocol import read_job, result_document, write_result
-from .job.runner import JobContext, run_pipeline
 from .pipelines.generate_config import add_generate_arguments, generate_config_from_args, generate_config_from_job
 from .pipelines.edit_config import add_edit_arguments, edit_config_from_args, edit_config_from_job
 
@@ -24,12 +25,15 @@ from .pipelines.edit_config import add_edit_arguments, edit_config_from_args, ed
 def add_texture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mesh", help="OBJ, glTF/GLB or PLY file, or a job folder's mesh.npz")
     parser.add_argument("--prompt", required=True)
-    add_common_arguments(parser, controlnet_auto="latent models: depth,canny")
+    add_common_arguments(parser, controlnet_auto="the model family's depth and canny ControlNets: "
+                                                 "SD 1.x and SDXL; none for SD 2.x and pixel models")
     parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
     parser.add_argument("--model", default="bundled", help="hub id, local diffusers folder, or 'bundled'")
     parser.add_argument("--guidance", choices=("csd", "sds"), default="csd")
     parser.add_argument("--steps", type=int, default=None, help="default: 300 (bundled) / 2000")
-    parser.add_argument("--render-size", type=int, default=None, help="default: 64 (bundled) / 512")
+    parser.add_argument("--render-size", type=int, default=None,
+                        help="default: 64 (bundled), a latent model's own (SD 1.x 512, SD 2.x 768-v 768, SDXL 1024), "
+                             "512 (IF)")
     parser.add_argument("--texture-size", type=int, default=None, help="default: 512 (bundled) / 1024")
     parser.add_argument("--w1", type=float, default=1.0, help="CSD weight of the prompt's classifier score")
     parser.add_argument("--w2-start", type=float, default=1.0, help="CSD negative-prompt weight at the start")
@@ -65,10 +69,15 @@ def texture_config_from_job(settings: dict, mesh: Path, out: Path) -> TextureJob
 
 def _run(task: str, config, out: Path, reporter: ProgressReporter, cancel: CancelToken) -> int:
     """engine/pipelines/<task>.py's run_<task>, imported inside run_pipeline: a failing import, like
-    bad settings (the pipeline validates its config first), still ends in a result.json."""
-    def pipeline(context: JobContext) -> dict[str, str]:
+    bad settings (the pipeline validates its config first), still ends in a result.json. Models
+    the pipeline downloads report to the job's progress and stop on its cancel."""
+    from .job.runner import run_pipeline
+    from .prior.hub import report_downloads_to
+
+    def pipeline(context) -> dict[str, str]:
         module = importlib.import_module(f".pipelines.{task}", __package__)
-        return getattr(module, f"run_{task}")(config, context)
+        with report_downloads_to(context.reporter, context.cancel):
+            return getattr(module, f"run_{task}")(config, context)
 
     return run_pipeline(task, to_dict(config), out, config.device, pipeline, reporter, cancel)
 
@@ -116,6 +125,64 @@ def command_run(args: argparse.Namespace) -> int:
         return exc.exit_code
 
 
+def command_models_list(args: argparse.Namespace) -> int:
+    from .prior.hub import list_models
+
+    reporter = ProgressReporter()
+    for entry in list_models(args.models, args.cache_dir):
+        reporter.emit("model", **entry.to_dict())
+        if reporter.human:
+            state = "complete" if entry.complete else (f"partial, missing {', '.join(entry.missing)}" if entry.local
+                                                       else "not on this machine")
+            sys.stderr.write(f"{entry.model:<55} {entry.size if entry.local else '':>10}  {state}  ({entry.use})\n")
+    reporter.emit("finished", status="ok")
+    return 0
+
+
+def command_models_download(args: argparse.Namespace) -> int:
+    from .prior.hub import hub_model_folder, report_downloads_to, size_on_disk
+
+    reporter = ProgressReporter()
+    cancel = CancelToken()
+    cancel.install_signal_handlers()  # Ctrl-C (SIGINT) or the add-on's SIGTERM stop the download
+    try:
+        if args.model == BUNDLED_MODEL or Path(args.model).expanduser().exists():
+            raise BadInputError(f"{args.model!r} is not a Hugging Face Hub id (owner/name).",
+                                "The bundled prior and local folders need no download.")
+        with report_downloads_to(reporter, cancel):
+            folder = hub_model_folder(args.model, args.cache_dir, allow_download=args.allow_download)
+    except EngineError as exc:
+        reporter.emit("error", **exc.to_dict())
+        reporter.emit("finished", status="cancelled" if isinstance(exc, Cancelled) else "error")
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        cancel.restore_signal_handlers()
+    size = size_on_disk(folder)
+    print(f"{args.model} is on this machine ({format_bytes(size)}): {folder}", file=sys.stderr)
+    reporter.emit("finished", status="ok", model=args.model, path=str(folder), size_bytes=size)
+    return 0
+
+
+def add_models_commands(commands) -> None:
+    models = commands.add_parser("models", help="which models are on this machine; fetch one")
+    actions = models.add_subparsers(dest="models_command", required=True)
+    listing = actions.add_parser("list", help="the default models and the pipelines in the Hugging Face cache, "
+                                              "with their size on disk (JSON lines)")
+    listing.add_argument("models", nargs="*", help="more hub ids or folders to report on")
+    listing.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
+    listing.set_defaults(handler=command_models_list)
+    download = actions.add_parser("download", help="fetch only the files the engine loads of a hub model "
+                                                   "(size first, progress as JSON lines, Ctrl-C cancels)")
+    download.add_argument("model", help="hub id, owner/name")
+    download.add_argument("--allow-download", action="store_true",
+                          help="go online (without it only says whether the model is already here)")
+    download.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
+    download.set_defaults(handler=command_models_download)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine",
                                      description="CSD texture, generate and edit jobs (csd-blender's engine).")
@@ -132,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a job folder written by the Blender add-on")
     run.add_argument("job_dir")
     run.set_defaults(handler=command_run)
+    add_models_commands(commands)
     return parser
 
 

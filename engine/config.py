@@ -17,10 +17,27 @@ from .errors import BadInputError
 DEFAULT_NEGATIVE_PROMPT = "oversaturated color, ugly, tiling, low quality, noisy"
 BUNDLED_MODEL = "bundled"
 DEFAULT_LATENT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNETS = {
-    "depth": "lllyasviel/control_v11f1p_sd15_depth",
-    "canny": "lllyasviel/control_v11p_sd15_canny",
-}
+CONTROLNET_CONDITIONS = ("depth", "canny")
+
+
+@dataclass(frozen=True)
+class ControlNetDefaults:
+    """The ControlNets (hub ids) that `auto` attaches to base models of one family, by condition;
+    None where the family has none."""
+
+    depth: str | None = None
+    canny: str | None = None
+
+    def for_condition(self, condition: str) -> str | None:
+        return getattr(self, condition)
+
+
+SD1_CONTROLNETS = ControlNetDefaults(depth="lllyasviel/control_v11f1p_sd15_depth",
+                                     canny="lllyasviel/control_v11p_sd15_canny")
+SDXL_CONTROLNETS = ControlNetDefaults(depth="diffusers/controlnet-depth-sdxl-1.0",
+                                      canny="diffusers/controlnet-canny-sdxl-1.0")
+# Neither lllyasviel nor diffusers published ControlNets for SD 2.x; community ones can be named.
+SD2_CONTROLNETS = ControlNetDefaults()
 
 
 @dataclass
@@ -114,9 +131,11 @@ class PriorConfig:
     """Which diffusion model guides the job. `model` is a hub id, a local folder, or "bundled"."""
 
     model: str = BUNDLED_MODEL
-    # ("auto",): depth + canny for latent (Stable Diffusion) models, none for pixel models.
+    # ("auto",): the base model family's ControlNets (ControlNetDefaults; none for SD 2.x and
+    # pixel models), plus any named in controlnet_models.
     controlnets: tuple[str, ...] = ("auto",)
-    controlnet_models: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CONTROLNETS))
+    # ControlNets the user names (hub id or folder) by condition; they must match the base model.
+    controlnet_models: dict[str, str] = field(default_factory=dict)
     controlnet_scale_start: float = 0.5
     controlnet_scale_end: float = 0.2
     controlnet_switch_step: int = 1000
@@ -127,10 +146,14 @@ class PriorConfig:
     def validate(self) -> None:
         if not self.model.strip():
             raise BadInputError("No model given.", "Pass --model bundled, a hub id, or a local folder.")
+        for name, model in self.controlnet_models.items():
+            if name not in CONTROLNET_CONDITIONS or not isinstance(model, str) or not model.strip():
+                raise BadInputError(f"controlnet_models.{name} = {model!r} is not a ControlNet setting.",
+                                    "Name a depth or canny ControlNet by hub id or folder.")
         if self.controlnets == ("auto",):
             return
         for name in self.controlnets:
-            if name not in ("depth", "canny"):
+            if name not in CONTROLNET_CONDITIONS:
                 raise BadInputError(f"Unknown ControlNet {name!r}.", "Use depth, canny, auto, or none.")
 
     def controlnet_scale_at(self, step: int) -> float:
@@ -138,10 +161,14 @@ class PriorConfig:
 
 
 # Sizes that suit each kind of prior when the user gives none: the bundled prior is small
-# and meant for CPUs; Stable Diffusion works at 512.
+# and meant for CPUs. Other models' render size is known once the model is loaded
+# (TextureJobConfig.resolve_render_size): latent models render at their own resolution
+# (SD 1.x: 512, SD 2.x 768-v: 768, SDXL: 1024), pixel models (DeepFloyd IF, 64 px) at 512,
+# downsampled with antialiasing to what the model sees.
 BUNDLED_DEFAULTS = {"steps": 300, "render_size": 64, "texture_size": 512, "preview_every": 100}
 BUNDLED_LOG2_TABLE_SIZE = 15
-LATENT_DEFAULTS = {"steps": 2000, "render_size": 512, "texture_size": 1024, "preview_every": 200}
+LATENT_DEFAULTS = {"steps": 2000, "texture_size": 1024, "preview_every": 200}
+PIXEL_MODEL_RENDER_SIZE = 512
 
 
 @dataclass
@@ -150,7 +177,8 @@ class TextureJobConfig:
     mesh: str
     out: str
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    # None: the prior's default (BUNDLED_DEFAULTS / LATENT_DEFAULTS), filled in by resolve_defaults().
+    # None: the prior's default (BUNDLED_DEFAULTS / LATENT_DEFAULTS), filled in by resolve_defaults();
+    # render_size, for a model other than the bundled one, by resolve_render_size() once it is loaded.
     steps: int | None = None
     render_size: int | None = None
     texture_size: int | None = None
@@ -182,6 +210,14 @@ class TextureJobConfig:
             self.hash_grid.log2_table_size = BUNDLED_LOG2_TABLE_SIZE
         return self
 
+    def resolve_render_size(self, model_resolution: int, pixel_space: bool) -> int:
+        """The render size, once the model is known: the user's, else (see LATENT_DEFAULTS) the latent
+        model's own resolution or PIXEL_MODEL_RENDER_SIZE for a pixel model."""
+        if self.render_size is None:
+            self.render_size = PIXEL_MODEL_RENDER_SIZE if pixel_space else model_resolution
+            validate_size("render_size", self.render_size, 16, 2048)
+        return self.render_size
+
     def validate(self) -> None:
         self.resolve_defaults()
         validate_prompt(self.prompt)
@@ -209,10 +245,12 @@ def validate_size(name: str, value: int, low: int, high: int) -> None:
         raise BadInputError(f"{name} must be an integer between {low} and {high}, got {value!r}.", "")
 
 
-def validate_common(steps: int, render_size: int, seed: int, device: str) -> None:
+def validate_common(steps: int, render_size: int | None, seed: int, device: str) -> None:
+    """render_size None: the model's own, checked once the model is loaded."""
     if not isinstance(steps, int) or steps < 1:
         raise BadInputError(f"steps must be a positive integer, got {steps!r}.", "")
-    validate_size("render_size", render_size, 16, 2048)
+    if render_size is not None:
+        validate_size("render_size", render_size, 16, 2048)
     if not isinstance(seed, int) or seed < 0:
         raise BadInputError(f"seed must be a non-negative integer, got {seed!r}.", "")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):

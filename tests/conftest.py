@@ -22,3 +22,11 @@ def tiny_stable_diffusion(tmp_path_factory):
     controlnets = {"depth": make_tiny_controlnet(root / "cn-depth", sd, seed=1),
                    "canny": make_tiny_controlnet(root / "cn-canny", sd, seed=2)}
     return sd, controlnets
+
+
+@pytest.fixture(scope="session")
+def model_folders(tmp_path_factory):
+    """Tiny random models in every supported family's real folder layout (tests/model_folders.py)."""
+    from model_folders import make_model_folders
+
+    return make_model_folders(tmp_path_factory.mktemp("real-layout-models"))

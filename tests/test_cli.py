@@ -103,7 +103,7 @@ def test_unknown_model_says_what_to_download(tmp_path, capsys):
     code, _, stderr = run_cli(["texture", CUBE, "--prompt", "a cube", "--model", "nobody/no-such-model",
                                "--out", tmp_path / "o", *FAST], capsys)
     assert code == 3
-    assert "hf download nobody/no-such-model" in stderr
+    assert "python -m engine models download nobody/no-such-model --allow-download" in stderr
     assert result_of(tmp_path / "o")["error"]["kind"] == "model_not_found"
 
 

@@ -174,14 +174,18 @@ def test_empty_or_weak_density_is_reported():
 
 
 def test_perp_neg_weights_follow_the_view():
-    views = torch.stack([torch.full((2, 4), float(i)) for i in range(3)])  # front=0, side=1, back=2
+    """The released assignment (tests/test_perp_neg.py checks it against the formula): from the
+    front the side view is removed, from the back mostly the front view."""
+    views = torch.stack([torch.full((2, 4), float(i)) for i in range(4)])  # front, side, back, overhead
     azimuth = torch.tensor([-90.0, 0.0, 90.0, -135.0])  # front, side, back, front-side
     assert torch.allclose(relative_azimuth(azimuth), torch.tensor([0.0, 90.0, -180.0, -45.0]))
-    positive, others, weights = perp_neg_embeddings(views, azimuth, scale=3.0)
+    positive, others, weights = perp_neg_embeddings(views, torch.zeros(4), azimuth, scale=3.0, overhead_deg=60.0)
     assert torch.allclose(positive[:, 0, 0], torch.tensor([0.0, 1.0, 2.0, 0.5]))
-    assert torch.allclose(weights[0, 0], torch.tensor(0.0), atol=1e-2)  # pure front: side barely negative
-    assert (weights[1] > 0).all()
     assert others.shape == (2, 4, 2, 4)
+    assert torch.equal(others[:, 0, 0, 0], torch.tensor([0.0, 1.0]))  # front: [front, side]
+    assert torch.allclose(weights[:, 0], torch.tensor([0.0, 3.0 * 1.574]), atol=1e-2)  # the front itself: 0
+    assert torch.equal(others[:, 2, 0, 0], torch.tensor([1.0, 0.0]))  # back: [side, front]
+    assert float(weights[1, 2]) > 4 * float(weights[0, 2]) > 0  # the front view, removed most
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,6 +328,113 @@ def test_bundled_preset_lies_under_the_settings_given():
     assert to_dict(generate_config_from_job({"prompt": "a corgi", **real}, Path("x"))) == to_dict(paper)
     mixed = generate_config_from_job({"prompt": "a corgi", "stage2": real["stage2"]}, Path("x"))
     assert mixed.stage1.render_size == 32 and mixed.stage2.steps == paper.stage2.steps
+
+
+class StageOneSpy:
+    """Records what stage 1 renders and asks the prior each step (wrapping generate's own calls)."""
+
+    def __init__(self, monkeypatch):
+        import engine.pipelines.generate as generate
+
+        self.lit: list[bool] = []
+        self.ambient: list[float] = []
+        self.geometry = 0
+        self.cameras: list = []
+        self.embeddings: list[torch.Tensor] = []
+        self.encoded: list[torch.Tensor] = []
+        shade_albedo, shade_geometry = generate.shade_albedo, generate.shade_geometry
+        render_nerf, distill = generate.render_nerf, generate.score_distillation_loss
+        encode = generate.encode_nerf_prompts
+
+        def albedo(render, lighting, background):
+            self.lit.append(lighting is not None)
+            if lighting is not None:
+                self.ambient += lighting.ambient.tolist()
+            return shade_albedo(render, lighting, background)
+
+        def geometry(*args):
+            self.geometry += 1
+            return shade_geometry(*args)
+
+        def render(model, cameras, *args, **kwargs):
+            if args[1] is not None:  # training renders (jittered), not previews
+                self.cameras.append(cameras)
+            return render_nerf(model, cameras, *args, **kwargs)
+
+        def loss(prior, x, embeddings, *args, **kwargs):
+            self.embeddings.append(embeddings)
+            return distill(prior, x, embeddings, *args, **kwargs)
+
+        def encoded(*args):
+            self.encoded.append(encode(*args))
+            return self.encoded[-1]
+
+        monkeypatch.setattr(generate, "shade_albedo", albedo)
+        monkeypatch.setattr(generate, "shade_geometry", geometry)
+        monkeypatch.setattr(generate, "render_nerf", render)
+        monkeypatch.setattr(generate, "score_distillation_loss", loss)
+        monkeypatch.setattr(generate, "encode_nerf_prompts", encoded)
+
+
+def test_stage1_shows_the_albedo_alone_until_the_released_step_then_the_released_light(tiny_prior, tmp_path,
+                                                                                       monkeypatch):
+    """The released material: albedo only for the first half (5,000 of 10,000 steps, scaled: 4 of 8),
+    then lit renders (here asked for at every step) with ambient 0.1 and diffuse 0.9."""
+    config = tiny_config(tiny_prior, tmp_path, stages="1", preview_every=0)
+    config.stage1.lighting_prob, config.stage1.geometry_render_prob = 1.0, 0.0
+    spy = StageOneSpy(monkeypatch)
+    code, result = run_job(config)
+    assert code == 0, result["error"]
+    assert spy.lit == [False] * 4 + [True] * 4
+    assert spy.ambient == pytest.approx([0.1] * 4)
+
+
+def test_stage1_defaults_are_the_released_material():
+    """After the albedo-only half: half geometry-only renders, the others albedo (the released
+    diffuse_prob 0.5 with textureless_prob 1 never lights the RGB render); fixed ambient 0.1."""
+    stage = GenerateJobConfig(prompt="a corgi", out="x").stage1
+    assert (stage.ambient_only_steps, stage.geometry_render_start, stage.geometry_render_prob) == (5000, 5000, 0.5)
+    assert (stage.lighting_prob, stage.light_ambient) == (0.0, (0.1, 0.1))
+    for name, value in (("light_ambient", (0.7, 0.5)), ("light_ambient", (0.1, 1.2)), ("light_jitter", -1.0),
+                        ("ambient_only_steps", -1), ("view_front_deg", 95.0), ("view_overhead_deg", 120.0)):
+        bad = GenerateJobConfig(prompt="a corgi", out="x")
+        setattr(bad.stage1, name, value)
+        with pytest.raises(BadInputError, match=name):
+            bad.stage1.validate()
+
+
+def test_stage1_without_perp_neg_prompts_each_sample_with_its_view(tiny_prior, tmp_path, monkeypatch):
+    """"a red sphere" has no clear front, so no Perp-Neg: each of the batch's views is guided by the
+    prompt with its own view words (released view-dependent prompting), "" and the negative shared."""
+    from engine.nerf.perp_neg import view_indices
+
+    config = tiny_config(tiny_prior, tmp_path, stages="1", preview_every=0)
+    config.stage1.steps, config.stage1.batch_size_no_front = 3, 4
+    spy = StageOneSpy(monkeypatch)
+    code, result = run_job(config)
+    assert code == 0, result["error"]
+    prompts = spy.encoded[0]
+    assert prompts.shape[0] == 7  # prompt, "", negative, front, side, back, overhead
+    seen = set()
+    for cameras, embeddings in zip(spy.cameras, spy.embeddings):
+        views = view_indices(cameras.elevation, cameras.azimuth, 30.0, 30.0, 60.0)
+        seen.update(views.tolist())
+        assert embeddings.shape == (3, 4, *prompts.shape[1:])
+        assert torch.equal(embeddings[0], prompts[3 + views])
+        assert torch.equal(embeddings[1], prompts[1].expand(4, -1, -1))
+        assert torch.equal(embeddings[2], prompts[2].expand(4, -1, -1))
+    assert len(seen) > 1
+
+
+def test_bundled_preset_keeps_its_light_and_bare_prompts():
+    """The bundled prior was trained on the texture job's light and tuned without view words: its
+    preset keeps both, whatever stage 1's paper defaults are."""
+    from engine.render.shading import AMBIENT_RANGE, LIGHT_DIRECTION_JITTER
+
+    stage = GenerateJobConfig.defaults_for("a blue cube", "x").stage1
+    assert (stage.ambient_only_steps, stage.light_ambient, stage.light_jitter) == (0, AMBIENT_RANGE,
+                                                                                    LIGHT_DIRECTION_JITTER)
+    assert (stage.lighting_prob, stage.view_prompts) == (0.85, False)
 
 
 def test_perp_neg_auto_skips_prompts_without_a_front():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.config import GuidanceConfig
-from engine.guidance.score_distillation import perp_neg_direction, score_distillation_loss
+from engine.guidance.score_distillation import perp_neg_removal, score_distillation_loss, weight_gradient
 
 
 class FakePrior:
@@ -66,14 +66,64 @@ def test_csd_without_negative_is_eq7():
     torch.testing.assert_close(x.grad, weight * (e_text - e_uncond) / x.shape[0])
 
 
-def test_csd_pixel_gradient_is_normalised_per_sample():
+def test_csd_pixel_gradient_is_normalised_over_the_batch():
+    """As the released code's grad / grad.norm(): one norm for the whole batch (batch 2 here), so
+    the samples keep their relative sizes."""
     prior = FakePrior(pixel_space=True)
+    prior.predictions[:, 1] *= 3.0
     config = GuidanceConfig(mode="csd", w1=1.0, w2_start=0.5, w2_end=0.5)
     x, _ = run_step(prior, config)
     e_text, e_uncond, e_neg = prior.predictions
     direction = (e_text - e_uncond) - 0.5 * (e_neg - e_uncond)
-    expected = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    expected = direction / direction.norm()
     torch.testing.assert_close(x.grad, expected / x.shape[0])
+    # Per sample, both would have norm 1; here sample 1 stays about three times sample 0.
+    ratio = float(x.grad[1].norm() / x.grad[0].norm())
+    assert ratio == pytest.approx(float(direction[1].norm() / direction[0].norm()), rel=1e-4) and ratio > 2.0
+
+
+def test_each_sample_may_have_its_own_prompt():
+    """Embeddings (K, B, L, D): sample 0 is guided by prompt 0, sample 1 by prompt 3 (its view
+    prompt), with "" and the negative shared; still one prior call for all of them."""
+    prior = FakePrior(pixel_space=False, num_prompts=4)
+    config = GuidanceConfig(mode="csd", w1=1.0, w2_start=0.5, w2_end=0.5)
+    shared = embeddings(4)
+    per_sample = torch.stack([torch.stack([shared[0], shared[3]]), shared[1].expand(2, -1, -1),
+                              shared[2].expand(2, -1, -1)])
+    x = torch.randn(prior.predictions.shape[1:], generator=torch.Generator().manual_seed(7), requires_grad=True)
+    result = score_distillation_loss(prior, x, per_sample, config, 0, torch.Generator().manual_seed(0))
+    result.loss.backward()
+    e_uncond, e_neg = prior.predictions[1], prior.predictions[2]
+    e_text = torch.stack([prior.predictions[0, 0], prior.predictions[3, 1]])
+    weight = (1 - prior.alphas_cumprod[result.timesteps]).view(-1, 1, 1, 1)
+    expected = weight * ((e_text - e_uncond) - 0.5 * (e_neg - e_uncond))
+    torch.testing.assert_close(x.grad, expected / 2, rtol=1e-6, atol=1e-7)
+    assert prior.calls == [3 * 2]
+
+
+@pytest.mark.parametrize("pixel_space", [True, False])
+def test_a_nan_prediction_leaves_the_gradient_and_adam_finite(pixel_space):
+    """One NaN in the prior's output (an fp16 overflow) becomes 0, as threestudio's nan_to_num does:
+    the gradient, the parameters and Adam's moments stay finite."""
+    prior = FakePrior(pixel_space=pixel_space)
+    prior.predictions[0, 0, 1, 2, 3] = float("nan")
+    x = torch.nn.Parameter(torch.randn(prior.predictions.shape[1:], generator=torch.Generator().manual_seed(7)))
+    optimizer = torch.optim.Adam([x], lr=1e-3, eps=1e-15)
+    config = GuidanceConfig(mode="csd", w1=1.0, w2_start=0.5, w2_end=0.5)
+    result = score_distillation_loss(prior, x, embeddings(3), config, 0, torch.Generator().manual_seed(0))
+    result.loss.backward()
+    optimizer.step()
+    assert torch.isfinite(result.gradient).all() and torch.isfinite(result.loss)
+    assert float(result.gradient[0, 1, 2, 3]) == 0.0 and result.gradient.abs().sum() > 0
+    state = optimizer.state[x]
+    assert torch.isfinite(x).all() and torch.isfinite(state["exp_avg"]).all() and torch.isfinite(state["exp_avg_sq"]).all()
+
+
+def test_weight_gradient_at_batch_1_is_the_per_sample_normalisation():
+    """The texture job's static step calls weight_gradient at batch 1: the batch norm is that sample's."""
+    direction = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert torch.equal(weight_gradient(direction, torch.tensor([0.5]), True), expected)
 
 
 def test_sds_gradient_is_eq6_and_uses_the_injected_noise():
@@ -117,8 +167,14 @@ def test_timestep_range_switch():
 
 def test_perp_neg_removes_only_the_perpendicular_part():
     generator = torch.Generator().manual_seed(0)
-    e_text, e_uncond = torch.randn(2, 1, 3, 4, 4, generator=generator)
-    positive = e_text - e_uncond
-    parallel_other = e_uncond + 2.0 * positive  # an "other view" score parallel to the positive one
-    out = perp_neg_direction(e_text, e_uncond, parallel_other[None], torch.ones(1, 1))
-    torch.testing.assert_close(out, positive)
+    e_text, e_base, e_sideways = torch.randn(3, 1, 3, 4, 4, generator=generator)
+    positive = e_text - e_base
+    parallel_other = e_base + 2.0 * positive  # an "other view" score parallel to the positive one
+    removal = perp_neg_removal(e_text, e_base, parallel_other[None], torch.ones(1, 1))
+    torch.testing.assert_close(removal, torch.zeros_like(removal))
+    # A score with a perpendicular part: that part, times the weight, is removed.
+    other = e_base + 0.5 * positive + e_sideways
+    removal = perp_neg_removal(e_text, e_base, other[None], torch.full((1, 1), 3.0))
+    flat_p, flat_s = positive.flatten(), e_sideways.flatten()
+    perpendicular = flat_s - (flat_s @ flat_p) / (flat_p @ flat_p) * flat_p
+    torch.testing.assert_close(removal.flatten(), 3.0 * perpendicular, rtol=1e-5, atol=1e-6)

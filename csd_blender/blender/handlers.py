@@ -1,4 +1,5 @@
-"""App handlers: a file being closed stops its jobs; quitting Blender stops the engine."""
+"""App handlers: a file being closed stops its jobs; quitting Blender stops the engine (jobs and a
+model download)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import bpy
 from bpy.app.handlers import persistent
 
 from ..exchange.queue import QUEUE
+from ..preferences import EngineState
 from . import preview
 
 
@@ -21,6 +23,8 @@ def _on_load_pre(*_args):
 def _on_exit():
     if QUEUE.busy:
         QUEUE.stop_all("Blender is quitting.", timeout=3.0)
+    if EngineState.downloading():
+        EngineState.download.stop()
 
 
 def register():
@@ -35,3 +39,5 @@ def unregister():
     atexit.unregister(_on_exit)
     if QUEUE.busy:
         QUEUE.stop_all("The extension was disabled.", timeout=3.0)
+    if EngineState.downloading():
+        EngineState.download.stop()

@@ -106,7 +106,7 @@ def forget_checks() -> None:
 
 # The full check ("Check engine"): runs in the engine's Python, prints one JSON object.
 CHECK_SCRIPT = r'''
-import json, os, sys, importlib
+import json, sys, importlib
 report = {"python": sys.version.split()[0], "executable": sys.executable}
 try:
     import torch
@@ -131,34 +131,20 @@ for name in ("diffusers", "transformers", "xatlas", "trimesh"):
     except Exception:
         report.setdefault("packages", {})[name] = None
 models = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-cache = os.environ.get("CSD_CACHE_DIR") or None
-def hub_cached(repo_id):
-    root = cache or os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
-    folder = os.path.join(root, "models--" + repo_id.replace("/", "--"))
-    return os.path.isdir(os.path.join(folder, "snapshots")) and any(os.scandir(os.path.join(folder, "snapshots")))
-available = {}
-for role, model in models.items():
-    if not model:
-        continue
-    if model == "bundled":
-        ok = None
-        try:
-            prior = importlib.import_module("engine.prior")
-            finder = getattr(prior, "bundled_available", None)
-            ok = bool(finder()) if finder else None
-        except Exception:
-            ok = None
-        available[role] = {"model": model, "local": ok, "kind": "bundled"}
-    elif os.path.isdir(os.path.expanduser(model)):
-        available[role] = {"model": model, "local": True, "kind": "folder"}
-    else:
-        try:
-            ok = hub_cached(model)
-        except Exception:
-            ok = False
-        available[role] = {"model": model, "local": ok, "kind": "hub"}
-report["models"] = available
+report["roles"] = {role: model for role, model in models.items() if model}
+# Which models are on this machine, with their sizes: the engine's own `models list` (JSON lines).
+try:
+    import subprocess
+    asked = list(dict.fromkeys(report["roles"].values()))
+    listing = subprocess.run([sys.executable, "-m", "engine", "models", "list", *asked],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+    events = [json.loads(line) for line in listing.stdout.splitlines() if line.startswith("{")]
+    report["models"] = [event for event in events if event.get("event") == "model"]
+    if listing.returncode != 0:
+        report["models_error"] = (listing.stderr.strip().splitlines() or [f"exit code {listing.returncode}"])[-1]
+except Exception as exc:
+    report["models"] = []
+    report["models_error"] = f"{type(exc).__name__}: {exc}"
 print("CSD-CHECK " + json.dumps(report))
 '''
 
@@ -178,7 +164,7 @@ def parse_check_output(text: str) -> dict | None:
 
 
 def summarize_check(report: dict | None) -> list[str]:
-    """Lines for the preferences panel."""
+    """Lines for the preferences panel about the engine's environment (its models: models.model_rows)."""
     if not report:
         return ["The engine Python did not answer the check."]
     lines = [f"Python {report.get('python', '?')}"]
@@ -189,9 +175,8 @@ def summarize_check(report: dict | None) -> list[str]:
     else:
         lines.append("PyTorch missing: " + str(report.get("torch_error", "")))
     lines.append("Engine code found" if report.get("engine") else "Engine code NOT found: " + str(report.get("engine_error", "")))
-    for role, info in (report.get("models") or {}).items():
-        state = {True: "available locally", False: "not downloaded", None: "unknown"}[info.get("local")]
-        lines.append(f"{role}: {info.get('model')} ({state})")
+    if report.get("models_error"):
+        lines.append("Models could not be listed: " + str(report["models_error"]))
     return lines
 
 
@@ -221,6 +206,13 @@ class BackgroundCommand:
         if self.proc is not None and self.poll() is None:
             try:
                 self.proc.terminate()
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        if self.proc is not None and self.poll() is None:
+            try:
+                self.proc.kill()
             except OSError:
                 pass
 

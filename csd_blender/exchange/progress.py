@@ -1,4 +1,4 @@
-"""Following progress.jsonl as the engine appends to it."""
+"""Following the engine's progress events (progress.jsonl, or a command's output) as they are appended."""
 
 from __future__ import annotations
 
@@ -50,9 +50,12 @@ def _number(value, default=None):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
+DOWNLOADING = "downloading model"
+
+
 @dataclass
 class JobProgress:
-    """What the panel shows about a running job, folded from the engine's events."""
+    """What the panel shows about a running job (or model download), folded from the engine's events."""
 
     stage: str = "waiting"
     step: int = 0
@@ -65,15 +68,28 @@ class JobProgress:
     preview_view: str | None = None
     preview_serial: int = 0  # bumps on every new preview
     finished_status: str | None = None
+    finished: dict = field(default_factory=dict)  # the finished event's fields
     error: dict | None = None
     events: int = 0
     log: list = field(default_factory=list)
+    # A model download (events download_plan and download), while stage is DOWNLOADING.
+    download_model: str = ""
+    download_file: str = ""
+    bytes_done: int = 0
+    bytes_total: int = 0
 
     @property
     def fraction(self) -> float:
+        if self.stage == DOWNLOADING:
+            return max(0.0, min(1.0, self.bytes_done / self.bytes_total)) if self.bytes_total > 0 else 0.0
         if self.total_steps <= 0:
             return 0.0
         return max(0.0, min(1.0, self.step / self.total_steps))
+
+    def download_text(self) -> str:
+        """e.g. "Downloading owner/model: 1.20 GB / 2.58 GB"."""
+        return (f"Downloading {self.download_model}: {format_bytes(self.bytes_done)} / "
+                f"{format_bytes(self.bytes_total)}")
 
     def apply(self, event: dict) -> None:
         self.events += 1
@@ -102,8 +118,20 @@ class JobProgress:
             if isinstance(event.get("view"), str):
                 self.preview_view = event["view"]
             self.preview_serial += 1
+        elif kind == "download_plan":
+            self.stage = DOWNLOADING
+            self.download_model = str(event.get("model") or "")
+            self.bytes_total = int(_number(event.get("fetch_bytes"), 0) or 0)
+            self.bytes_done = 0
+        elif kind == "download":
+            self.stage = DOWNLOADING
+            self.download_model = str(event.get("model") or self.download_model)
+            self.download_file = str(event.get("file") or "")
+            self.bytes_done = int(_number(event.get("bytes_done"), self.bytes_done) or 0)
+            self.bytes_total = int(_number(event.get("bytes_total"), self.bytes_total) or 0)
         elif kind == "finished":
             self.finished_status = str(event.get("status") or "")
+            self.finished = dict(event)
             self.stage = "finished"
         elif kind == "error":
             self.error = {k: event.get(k) for k in ("kind", "message", "hint", "exit_code")}
@@ -111,6 +139,14 @@ class JobProgress:
     def apply_all(self, events: list[dict]) -> None:
         for event in events:
             self.apply(event)
+
+
+def format_bytes(count: int) -> str:
+    """A size as people read it, in the engine's (and the Hugging Face Hub's) decimal units."""
+    for unit, scale in (("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count} B"
 
 
 def format_duration(seconds: float | None) -> str:

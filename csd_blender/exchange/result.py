@@ -15,8 +15,9 @@ ADVICE = {
     "engine_error": "The engine hit a bug. Try again; if it keeps happening, turn on "
                     "'Keep job folders' in the preferences and report the job folder.",
     "bad_input": "Check the prompt and the settings, and that the mesh has faces.",
-    "model_not_found": "Download the model (allow online access in Preferences > System > Network), "
-                       "or choose the bundled model or a local folder in the add-on's preferences.",
+    "model_not_found": "Download the model: in the add-on's preferences click 'Check engine', then its Download "
+                       "button (needs online access, Preferences > System > Network); or choose the bundled model "
+                       "or a local folder there.",
     "device": "Set the device to Auto or CPU in the add-on's preferences, or check the GPU driver.",
     "out_of_memory": "The GPU ran out of memory: choose the Draft quality or a smaller render size "
                      "(Advanced), close other GPU programs, or set the device to CPU.",

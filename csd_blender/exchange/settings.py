@@ -82,7 +82,7 @@ def texture_settings(scene: dict, prefs: dict, extra_cameras: list | None = None
     """
     model = prefs.get("texture_model") or BUNDLED
     sizes = texture_sizes(scene.get("quality", "STANDARD"), scene, model)
-    # "auto": depth + canny for latent (Stable Diffusion) models, none for pixel-space ones.
+    # "auto": the ControlNets of the model's family (SD 1.x, SDXL), none for SD 2.x and pixel models.
     controlnets = ["auto"] if scene.get("use_controlnet", False) else []
     settings = {
         "prompt": scene["prompt"].strip(),

@@ -40,22 +40,21 @@ def sds_direction(eps_text: torch.Tensor, eps_uncond: torch.Tensor, noise: torch
     return eps_uncond + cfg_scale * (eps_text - eps_uncond) - noise
 
 
-def perp_neg_direction(eps_text: torch.Tensor, eps_uncond: torch.Tensor, eps_others: torch.Tensor,
-                       other_weights: torch.Tensor) -> torch.Tensor:
-    """Perp-Neg (Armandpour et al. 2023): the positive classifier score minus the components of
-    the other views' scores that are perpendicular to it, each with its weight.
+def perp_neg_removal(eps_text: torch.Tensor, eps_base: torch.Tensor, eps_others: torch.Tensor,
+                     other_weights: torch.Tensor) -> torch.Tensor:
+    """Perp-Neg (Armandpour et al. 2023): what is taken off the positive score, the weighted sum of
+    the components of the other views' scores e(k) - e(base) perpendicular to e(text) - e(base).
 
     eps_others: (K, B, C, H, W), other_weights: (K, B)."""
-    positive = eps_text - eps_uncond
-    result = positive
-    flat_pos = positive.flatten(1)
+    flat_pos = (eps_text - eps_base).flatten(1)
     pos_norm_sq = (flat_pos * flat_pos).sum(dim=1).clamp_min(1e-12)
+    removal = torch.zeros_like(eps_text)
     for k in range(eps_others.shape[0]):
-        other = (eps_others[k] - eps_uncond).flatten(1)
+        other = (eps_others[k] - eps_base).flatten(1)
         parallel = ((other * flat_pos).sum(dim=1) / pos_norm_sq)[:, None] * flat_pos
-        perpendicular = (other - parallel).view_as(positive)
-        result = result - other_weights[k].view(-1, *([1] * (positive.dim() - 1))) * perpendicular
-    return result
+        perpendicular = (other - parallel).view_as(eps_text)
+        removal = removal + other_weights[k].view(-1, *([1] * (eps_text.dim() - 1))) * perpendicular
+    return removal
 
 
 def surrogate_loss(x: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -80,12 +79,16 @@ def sample_timesteps(batch: int, t_range: tuple[float, float], num_train_timeste
 
 def weight_gradient(direction: torch.Tensor, alphas_cumprod_t: torch.Tensor, pixel_space: bool) -> torch.Tensor:
     """Released convention: latent models use w(t) = 1 - alpha_bar_t; pixel models w(t) = 1 and
-    the gradient normalised by its L2 norm (per sample)."""
+    the gradient divided by its L2 norm over the whole batch (threestudio's grad / grad.norm()).
+
+    As threestudio does, NaN becomes 0 and +-inf the largest finite value (torch.nan_to_num)
+    before the normalisation: one fp16 overflow in the prior must not reach Adam's state."""
     if pixel_space:
-        norms = direction.flatten(1).norm(dim=1).clamp_min(1e-8)
-        return direction / norms.view(-1, *([1] * (direction.dim() - 1)))
+        gradient = torch.nan_to_num(direction)
+        # (1, N) like the per-sample norm it replaced: bitwise the same result at batch 1.
+        return gradient / gradient.reshape(1, -1).norm(dim=1).clamp_min(1e-8)
     weights = (1.0 - alphas_cumprod_t).view(-1, *([1] * (direction.dim() - 1)))
-    return weights.to(direction.dtype) * direction
+    return torch.nan_to_num(weights.to(direction.dtype) * direction)
 
 
 def guidance_direction(config: GuidanceConfig, step: int, eps_text: torch.Tensor, eps_uncond: torch.Tensor,
@@ -114,8 +117,9 @@ def score_distillation_loss(prior, x: torch.Tensor, embeddings: torch.Tensor, co
                             generator: torch.Generator, control=None) -> DistillationStep:
     """One score-distillation step on model input x (B, C, H, W) that carries the autograd graph.
 
-    embeddings are (K, L, D) in the order [prompt, "", negative] (negative optional; for edits
-    [target, "", edit]); each of the K prompts is paired with the whole batch in one prior call.
+    embeddings are in the order [prompt, "", negative] (negative optional; for edits [target, "", edit]),
+    all K predictions from one prior call: (K, L, D), each prompt paired with the whole batch, or
+    (K, B, L, D), one embedding per prompt and sample (view-dependent prompts).
     """
     batch = x.shape[0]
     timesteps = sample_timesteps(batch, config.t_range_at(step), prior.num_train_timesteps, generator, x.device)
@@ -123,8 +127,10 @@ def score_distillation_loss(prior, x: torch.Tensor, embeddings: torch.Tensor, co
     used = prompts_used(config, step, embeddings.shape[0])
     with torch.no_grad():
         noisy = prior.add_noise(x.detach().float(), noise, timesteps)
-        eps = prior.predict_noise(noisy.repeat(len(used), 1, 1, 1), timesteps.repeat(len(used)),
-                                  embeddings[used].repeat_interleave(batch, dim=0), control).float()
+        chosen = embeddings[used]
+        chosen = chosen.repeat_interleave(batch, dim=0) if chosen.dim() == 3 else chosen.flatten(0, 1)
+        eps = prior.predict_noise(noisy.repeat(len(used), 1, 1, 1), timesteps.repeat(len(used)), chosen,
+                                  control).float()
         predictions = dict(zip(used, eps.split(batch)))
         eps_text, eps_uncond, eps_negative = (predictions.get(k) for k in range(3))
         direction = guidance_direction(config, step, eps_text, eps_uncond, eps_negative, noise)

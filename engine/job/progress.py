@@ -1,4 +1,4 @@
-"""Progress events (JSON lines) and cancellation, shared by every pipeline.
+"""Progress events (JSON lines) and cancellation, shared by every pipeline and model download.
 
 Each event goes to stdout as one JSON line and, for jobs started by the add-on, is appended
 to JOB_DIR/progress.jsonl. When stderr is a terminal a human progress bar is drawn there.
@@ -29,6 +29,7 @@ class ProgressReporter:
         self._optimise_start: float | None = None
         self._first_step = 0
         self._last_step_event = 0.0
+        self._last_download_event = 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start_time
@@ -68,6 +69,41 @@ class ProgressReporter:
             sys.stderr.flush()
             if step == total:
                 sys.stderr.write("\n")
+
+
+    def download_plan(self, model: str, files: int, total_bytes: int, fetch_files: int, fetch_bytes: int) -> None:
+        """Before a download starts: what the engine needs of `model` and how much of it is still to fetch."""
+        self.emit("download_plan", model=model, files=files, total_bytes=total_bytes, fetch_files=fetch_files,
+                  fetch_bytes=fetch_bytes)
+        # Always said, terminal or not: a download can take long and costs disk.
+        sys.stderr.write(f"{model}: downloading {fetch_files} of the {files} files the engine loads, "
+                         f"{format_bytes(fetch_bytes)} (all of them: {format_bytes(total_bytes)})\n")
+        sys.stderr.flush()
+
+    def download(self, model: str, file: str, file_bytes_done: int, file_bytes: int, bytes_done: int,
+                 bytes_total: int, force: bool = False) -> None:
+        """Bytes fetched of one file and of the whole download; events at most twice a second unless `force`."""
+        now = time.monotonic()
+        if force or now - self._last_download_event >= 0.5:
+            self._last_download_event = now
+            self.emit("download", model=model, file=file, file_bytes_done=file_bytes_done, file_bytes=file_bytes,
+                      bytes_done=bytes_done, bytes_total=bytes_total)
+        if self.human:
+            width = 30
+            filled = int(width * bytes_done / bytes_total) if bytes_total else width
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {format_bytes(bytes_done)} / "
+                             f"{format_bytes(bytes_total)} {file[-40:]:<40}")
+            if bytes_done >= bytes_total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def format_bytes(count: int) -> str:
+    """A size as people read it (decimal units, as the Hugging Face Hub shows them)."""
+    for unit, scale in (("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count} B"
 
 
 class CancelToken:

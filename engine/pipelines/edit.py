@@ -112,6 +112,8 @@ def run_edit(config: EditJobConfig, context: JobContext) -> dict[str, str]:
         # 2. The prior and the prompts, in score_distillation_loss's order [target, "", edit].
         reporter.stage("loading model")
         prior = load_prior(config.prior, device)
+        for warning in prior.warnings:  # e.g. which ControlNets `auto` picked
+            reporter.emit("warning", message=warning)
         embeddings = encode_edit_prompts(prior, config)
         cancel.check()
 

@@ -3,7 +3,8 @@
 Read top to bottom, this is the whole job (paper sections 5.1, 5.2, A.4; Magic3D's two stages):
   1. stage 1, a NeRF: hash-grid density and albedo, volume rendering with an occupancy
      grid, 64 x 64 renders judged by a pixel-space prior (DeepFloyd IF stage I style);
-     CSD with the negative prompt annealed in, Perp-Neg with view prompts, orientation and
+     CSD with the negative prompt annealed in, Perp-Neg with view prompts (or, without it,
+     each sample's own view prompt), albedo-only renders in the first half, orientation and
      sparsity losses, geometry-only renders in the second half;
   2. the density's isosurface as a clean mesh (floaters removed, decimated), placed on the
      ground at the origin, facing -Y, about 1 m, and mapped into the unit box;
@@ -46,7 +47,8 @@ from ..nerf.background import LearnedBackground
 from ..nerf.field import NerfField
 from ..nerf.losses import ramp, sparsity_loss
 from ..nerf.occupancy import OccupancyGrid
-from ..nerf.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings)
+from ..nerf.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings,
+                             view_prompt_embeddings)
 from ..nerf.planar import PlanarRegions, find_planar_regions, planar_loss
 from ..nerf.renderer import (GEOMETRY_ALBEDO, RAY_CHUNK, NerfModel, render_nerf, render_rays, shade_albedo,
                              shade_geometry)
@@ -167,10 +169,10 @@ def nerf_from_state(state: dict, device: torch.device) -> NerfModel:
     return model
 
 
-def encode_nerf_prompts(prior: DiffusionPrior, config: GenerateJobConfig, perp_neg: bool) -> torch.Tensor:
-    """(K, L, D): prompt, "", negative prompt and, with Perp-Neg, the front/side/back view prompts."""
+def encode_nerf_prompts(prior: DiffusionPrior, config: GenerateJobConfig, views: bool) -> torch.Tensor:
+    """(K, L, D): prompt, "", negative prompt and, with views, the front/side/back/overhead view prompts."""
     prompts = [config.prompt, "", config.negative_prompt]
-    if perp_neg:
+    if views:
         prompts += [config.prompt + suffix for suffix in VIEW_SUFFIXES]
     embeddings = prior.encode_prompts(prompts)
     prior.release_text_encoder()
@@ -198,6 +200,7 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
     stage, device, reporter, cancel = config.stage1, context.device, context.reporter, context.cancel
     generator = torch.Generator().manual_seed(config.seed)
     perp_neg = config.use_perp_neg()
+    view_prompts = perp_neg or stage.view_prompts
     batch = stage.batch_size if perp_neg else stage.batch_size_no_front
     guidance = stage.effective_guidance()
 
@@ -208,7 +211,7 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
         if not prior.pixel_space:
             reporter.emit("warning", message=f"{stage.prior.model} is a latent model; the NeRF stage is meant for "
                                              "a pixel-space prior (DeepFloyd IF stage I or the bundled prior).")
-        embeddings = encode_nerf_prompts(prior, config, perp_neg)
+        embeddings = encode_nerf_prompts(prior, config, view_prompts)
         model = build_nerf(stage, config.seed, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=stage.learning_rate, eps=1e-15)
     start = 0
@@ -224,6 +227,7 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
     reporter.stage("optimising (stage 1: NeRF)")
     front_back_steps = stage.scaled(stage.front_back_steps) if perp_neg else 0
     geometry_start = stage.scaled(stage.geometry_render_start)
+    ambient_only = stage.scaled(stage.ambient_only_steps)
     ramp_steps = stage.scaled(stage.loss_ramp_steps)
     step = start
     try:
@@ -236,20 +240,27 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
             background = (sample_backgrounds(batch, generator, device)
                           if float(torch.rand((), generator=generator)) < stage.random_background_prob
                           else model.background(render.directions))
-            lighting = sample_lighting(cameras, generator)
-            geometry = step >= geometry_start and float(torch.rand((), generator=generator)) < stage.geometry_render_prob
+            lighting = sample_lighting(cameras, generator, stage.light_ambient, stage.light_jitter)
+            albedo_only = step < ambient_only
+            geometry = (not albedo_only and step >= geometry_start
+                        and float(torch.rand((), generator=generator)) < stage.geometry_render_prob)
             if geometry:
                 image = shade_geometry(render, stage.geometry_render, lighting, cameras, background)
             else:
-                lit = float(torch.rand((), generator=generator)) < stage.lighting_prob
+                lit = not albedo_only and float(torch.rand((), generator=generator)) < stage.lighting_prob
                 image = shade_albedo(render, lighting if lit else None, background)
             x = prior.images_to_model_input(image.permute(0, 3, 1, 2))
             if perp_neg:
-                positive, others, weights = perp_neg_embeddings(embeddings[3:6], cameras.azimuth, stage.perp_neg_weight)
+                positive, others, weights = perp_neg_embeddings(embeddings[3:], cameras.elevation, cameras.azimuth,
+                                                                stage.perp_neg_weight, stage.view_overhead_deg)
                 distill = perp_neg_distillation_loss(prior, x, positive, embeddings[1:2], embeddings[2:3], others,
                                                      weights, guidance, step, generator)
             else:
-                distill = score_distillation_loss(prior, x, embeddings[:3], guidance, step, generator)
+                prompts = embeddings
+                if view_prompts:
+                    prompts = view_prompt_embeddings(embeddings, cameras.elevation, cameras.azimuth,
+                                                     stage.view_front_deg, stage.view_back_deg, stage.view_overhead_deg)
+                distill = score_distillation_loss(prior, x, prompts, guidance, step, generator)
             loss = (distill.loss + ramp(step, stage.orientation_weight, ramp_steps) * render.orientation
                     + ramp(step, stage.sparsity_weight, ramp_steps) * sparsity_loss(render.opacity))
             optimizer.zero_grad(set_to_none=True)

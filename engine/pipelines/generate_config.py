@@ -37,7 +37,11 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 # ball (measured: docs/benchmarks.md, "Generate with the bundled prior"). These replace them in each
 # stage guided by the bundled prior, under the settings the user gives (GenerateJobConfig.defaults_for):
 #   - lighting, background, distance and field of view as in the prior's training renders
-#     (world.json): it knows objects only as framed, lit and set on solid colours there;
+#     (world.json): it knows objects only as framed, lit and set on solid colours there; so stage 1
+#     lights its renders from the first step, with the texture job's light (ambient 0.5-0.7, the
+#     light 0.4 off the camera's direction: engine.render.shading), not the released 0.1;
+#   - stage 1 prompts without view words when Perp-Neg is off, as the preset was tuned (the
+#     prior's captions carry them by a 45-degree rule and know no overhead view);
 #   - stage 1 looks from its training views' lower elevations only, -15..25 degrees: from above, a
 #     box and a box narrowing to a rounded bottom look alike at 32 px, and the NeRF kept the ball it
 #     starts from under a flat lid; level views show the sides' full height;
@@ -66,6 +70,7 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 BUNDLED_PRESET_STAGE1 = {
     "steps": 300, "render_size": 32, "samples_per_ray": 64, "occupancy_resolution": 32, "batch_size_no_front": 1,
     "learning_rate": 1e-2, "lighting_prob": 0.85, "geometry_render_prob": 0.0, "random_background_prob": 1.0,
+    "ambient_only_steps": 0, "light_ambient": (0.5, 0.7), "light_jitter": 0.4, "view_prompts": False,
     "elevation_no_front_deg": (-15.0, 25.0),
     "guidance": {"w2_start": 0.5, "w2_end": 0.5, "t_min": 0.3},
     "cameras": {"elevation_deg": (-15.0, 25.0), "distance": (2.5, 3.3), "fovy_deg": (22.0, 46.0)},
@@ -115,8 +120,26 @@ class NerfStageConfig:
     geometry_render: str = "shaded"
     geometry_render_prob: float = 0.5
     geometry_render_start: int = 5000
-    lighting_prob: float = 0.5  # RGB renders lit by a random point light (else albedo only)
+    # Lighting as the released config's material (threestudio's diffuse-with-point-light): the
+    # renders show the albedo alone for the first ambient_only_steps; after them half of the renders
+    # are geometry-only (above) and the others the albedo, never lit (its diffuse_prob 0.5 with
+    # textureless_prob 1). The light, near the camera, has ambient 0.1 and diffuse 0.9 (fixed: no
+    # soft shading; soft shading is light_ambient (0, 1)); it shades the geometry-only renders.
+    ambient_only_steps: int = 5000
+    lighting_prob: float = 0.0  # after ambient_only_steps, RGB renders lit by the light (else albedo only)
+    light_ambient: tuple[float, float] = (0.1, 0.1)  # ambient uniform in this range; diffuse is 1 - ambient
+    # Normal offset of the light from the camera's direction: released N(0, 0.1) on a camera position
+    # 1.5-2 from the object, about 0.06 of the unit direction.
+    light_jitter: float = 0.06
     random_background_prob: float = 0.5  # else the learned background
+    # Without Perp-Neg each sample's prompt carries its view's words (released view-dependent
+    # prompting): ", front view" within view_front_deg of the front, ", back view" within
+    # view_back_deg of the back, ", overhead view" above view_overhead_deg elevation (Perp-Neg's
+    # overhead views too), ", side view" otherwise.
+    view_prompts: bool = True
+    view_front_deg: float = 30.0
+    view_back_deg: float = 30.0
+    view_overhead_deg: float = 60.0
     elevation_no_front_deg: tuple[float, float] = (-10.0, 90.0)
     guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(
         w2_start=0.0, w2_end=1.0, w2_anneal_steps=5000, t_min=0.02, t_max=0.5,
@@ -147,6 +170,21 @@ class NerfStageConfig:
         _check_geometry_render("stage1", self.geometry_render)
         for name in ("geometry_render_prob", "lighting_prob", "random_background_prob"):
             _check_probability(f"stage1.{name}", getattr(self, name))
+        if not isinstance(self.ambient_only_steps, int) or self.ambient_only_steps < 0:
+            raise BadInputError("stage1.ambient_only_steps must be an integer >= 0.", "")
+        low, high = _pair("stage1.light_ambient", self.light_ambient)
+        if not 0.0 <= low <= high <= 1.0:
+            raise BadInputError(f"stage1.light_ambient must be [low, high] with 0 <= low <= high <= 1, "
+                                f"got {list(self.light_ambient)!r}.", "[0.1, 0.1] is the released light.")
+        if not (isinstance(self.light_jitter, (int, float)) and 0.0 <= self.light_jitter < math.inf):
+            raise BadInputError(f"stage1.light_jitter must be a number >= 0, got {self.light_jitter!r}.", "")
+        for name in ("view_front_deg", "view_back_deg"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 90.0):
+                raise BadInputError(f"stage1.{name} must be between 0 and 90 degrees, got {value!r}.", "")
+        if not (isinstance(self.view_overhead_deg, (int, float)) and -90.0 <= self.view_overhead_deg <= 90.0):
+            raise BadInputError(f"stage1.view_overhead_deg must be between -90 and 90 degrees, "
+                                f"got {self.view_overhead_deg!r}.", "90 never names a view overhead.")
         self.guidance.validate()
         self.cameras.validate()
         self.hash_grid.validate()
@@ -321,6 +359,13 @@ def _check_positive(config, *names: str) -> None:
 def _check_probability(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
         raise BadInputError(f"{name} must be between 0 and 1, got {value!r}.", "")
+
+
+def _pair(name: str, value) -> tuple[float, float]:
+    if not (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise BadInputError(f"{name} must be a list of two numbers, got {value!r}.", "")
+    return float(value[0]), float(value[1])
 
 
 def _check_off_or_below(name: str, value: float, limit: float) -> None:

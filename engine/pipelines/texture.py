@@ -110,12 +110,15 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
         # 2. The prior and the prompts.
         reporter.stage("loading model")
         prior = load_prior(config.prior, device)
+        for warning in prior.warnings:
+            reporter.emit("warning", message=warning)
         embeddings = encode_prompts(prior, config)
         cancel.check()
 
-        # 3. The views: rasterised once, on first use.
+        # 3. The views: rasterised once, on first use, at the model's own size unless the user chose one.
         reporter.stage("preparing views")
         cameras = build_cameras(config, mesh.normalization, generator)
+        config.resolve_render_size(prior.resolution, prior.pixel_space)
         views = ViewPool(positions, triangles, cameras, config.render_size,
                          with_control=prior.supports_controlnet)
 

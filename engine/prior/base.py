@@ -30,6 +30,9 @@ class DiffusionPrior:
     name: str
     # The scheduler's prediction_type: what the network outputs. predict_noise always returns noise.
     prediction_type: str = "epsilon"
+    # What loading decided that the user should hear (ControlNets picked, a slower fallback): the
+    # jobs report each as a warning event.
+    warnings: list[str]
 
     @property
     def num_train_timesteps(self) -> int:
@@ -49,6 +52,7 @@ class DiffusionPrior:
 
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor,
                       control: ControlImages | None = None) -> torch.Tensor:
+        """The noise in `noisy` (float32), whatever the network predicts (noise_from_prediction)."""
         raise NotImplementedError
 
     @property

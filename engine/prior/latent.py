@@ -1,5 +1,6 @@
 """Stable Diffusion 1.x/2.x as a prior: renders go through the VAE encoder (with gradient),
-the UNet predicts noise on latents, optional ControlNets (depth, canny) condition it."""
+the UNet predicts noise (or v, converted to noise) on latents, optional ControlNets (depth,
+canny) condition it."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ import torch
 import torch.nn.functional as F
 
 from .base import ControlImages, DiffusionPrior
+from .hub import weights_variant
+from .schedule import load_noise_schedule
+from .tokenizer import load_tokenizer
 
 
 class LatentPrior(DiffusionPrior):
     pixel_space = False
 
     def __init__(self, unet, vae, text_encoder, tokenizer, alphas_cumprod: torch.Tensor,
-                 controlnets: dict, name: str, device: torch.device, dtype: torch.dtype):
+                 controlnets: dict, name: str, device: torch.device, dtype: torch.dtype,
+                 prediction_type: str = "epsilon"):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.controlnets = controlnets
         self.name, self.device, self.dtype = name, device, dtype
+        self.prediction_type = prediction_type
+        self.warnings = []
         self.alphas_cumprod = alphas_cumprod.to(device=device, dtype=torch.float32)
         self.vae_scale = float(vae.config.scaling_factor)
         self.resolution = int(unet.config.sample_size) * (2 ** (len(vae.config.block_out_channels) - 1))
@@ -29,17 +36,22 @@ class LatentPrior(DiffusionPrior):
     @classmethod
     def from_folder(cls, folder: Path, name: str, device: torch.device, dtype: torch.dtype,
                     controlnet_folders: dict[str, Path]) -> "LatentPrior":
-        from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
+        from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+        from transformers import CLIPTextModel
 
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype).to(device)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype).to(device)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
-        controlnets = {key: ControlNetModel.from_pretrained(path, torch_dtype=dtype).to(device)
+        schedule = load_noise_schedule(folder, name)
+        tokenizer = load_tokenizer(folder, "tokenizer", name)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
+                                                    variant=weights_variant(folder / "unet")).to(device)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype,
+                                            variant=weights_variant(folder / "vae")).to(device)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype,
+                                                     variant=weights_variant(folder / "text_encoder")).to(device)
+        controlnets = {key: ControlNetModel.from_pretrained(path, torch_dtype=dtype,
+                                                            variant=weights_variant(path)).to(device)
                        for key, path in controlnet_folders.items()}
-        return cls(unet, vae, text_encoder, tokenizer, scheduler.alphas_cumprod, controlnets, name, device, dtype)
+        return cls(unet, vae, text_encoder, tokenizer, schedule.alphas_cumprod, controlnets, name, device, dtype,
+                   prediction_type=schedule.prediction_type)
 
     @property
     def supports_controlnet(self) -> bool:
@@ -65,26 +77,33 @@ class LatentPrior(DiffusionPrior):
         # The mean keeps a step deterministic; sampling adds noise the guidance does not need.
         return posterior.mean * self.vae_scale
 
+    def controlnet_residuals(self, model_input: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
+                             control: ControlImages | None, **conditioning) -> tuple[list | None, torch.Tensor | None]:
+        """Every ControlNet's down and mid residuals, summed (None, None without control);
+        `conditioning` is passed on to each ControlNet (SDXL's added_cond_kwargs)."""
+        down_residuals, mid_residual = None, None
+        if control is None or not self.controlnets:
+            return down_residuals, mid_residual
+        for key, controlnet in self.controlnets.items():
+            condition = control.images[key].to(self.dtype)
+            if condition.shape[-1] != self.resolution:
+                condition = F.interpolate(condition, (self.resolution, self.resolution), mode="bilinear",
+                                          align_corners=False, antialias=True)
+            condition = condition.repeat(model_input.shape[0] // condition.shape[0], 1, 1, 1)
+            down, mid = controlnet(model_input, timesteps, encoder_hidden_states=hidden, controlnet_cond=condition,
+                                   conditioning_scale=control.scale, return_dict=False, **conditioning)
+            if down_residuals is None:
+                down_residuals, mid_residual = list(down), mid
+            else:
+                down_residuals = [a + b for a, b in zip(down_residuals, down)]
+                mid_residual = mid_residual + mid
+        return down_residuals, mid_residual
+
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor,
                       control: ControlImages | None = None) -> torch.Tensor:
-        noisy = noisy.to(self.dtype)
-        down_residuals, mid_residual = None, None
-        if control is not None and self.controlnets:
-            for key, controlnet in self.controlnets.items():
-                condition = control.images[key].to(self.dtype)
-                if condition.shape[-1] != self.resolution:
-                    condition = F.interpolate(condition, (self.resolution, self.resolution), mode="bilinear",
-                                              align_corners=False, antialias=True)
-                repeat = noisy.shape[0] // condition.shape[0]
-                condition = condition.repeat(repeat, 1, 1, 1)
-                down, mid = controlnet(noisy, timesteps, encoder_hidden_states=embeddings,
-                                       controlnet_cond=condition, conditioning_scale=control.scale,
-                                       return_dict=False)
-                if down_residuals is None:
-                    down_residuals, mid_residual = list(down), mid
-                else:
-                    down_residuals = [a + b for a, b in zip(down_residuals, down)]
-                    mid_residual = mid_residual + mid
-        return self.unet(noisy, timesteps, encoder_hidden_states=embeddings,
-                         down_block_additional_residuals=down_residuals,
-                         mid_block_additional_residual=mid_residual, return_dict=False)[0]
+        model_input = noisy.to(self.dtype)
+        down_residuals, mid_residual = self.controlnet_residuals(model_input, timesteps, embeddings, control)
+        output = self.unet(model_input, timesteps, encoder_hidden_states=embeddings,
+                           down_block_additional_residuals=down_residuals,
+                           mid_block_additional_residual=mid_residual, return_dict=False)[0]
+        return self.noise_from_prediction(output, noisy, timesteps)

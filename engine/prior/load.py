@@ -1,4 +1,5 @@
-"""Find a diffusion model (bundled, local folder or hub id) and load the right prior for it.
+"""Find a diffusion model (bundled, local folder, single-file checkpoint or hub id) and load
+the right prior for it, with the ControlNets that match it.
 
 Downloads happen only when the caller allows them (the add-on passes Blender's
 online-access setting; the CLI's --allow-download). Otherwise only files already on this
@@ -7,29 +8,15 @@ machine are used, and a missing model ends in a message saying how to get it.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 
-from ..config import BUNDLED_MODEL, PriorConfig
-from ..errors import ModelNotFoundError
+from ..config import BUNDLED_MODEL, CONTROLNET_CONDITIONS, PriorConfig
+from ..errors import BadInputError, ModelNotFoundError
 from .base import DiffusionPrior
-
-BUNDLED_PRIOR_DIR = Path(__file__).resolve().parent / "bundled"
-
-
-def _offline(config: PriorConfig) -> bool:
-    return not config.allow_download or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-
-
-def missing_model_error(model: str, reason: str = "") -> ModelNotFoundError:
-    detail = f" ({reason})" if reason else ""
-    return ModelNotFoundError(
-        f"Model {model!r} is not on this machine{detail}.",
-        f"Download it once with `hf download {model}` on a machine with internet (or pass --allow-download), "
-        "or pass --model with a local diffusers folder, or --model bundled to use the small offline prior.")
+from .families import (BUNDLED_PRIOR_DIR, SINGLE_FILE_SUFFIXES, SUPPORTED, Family, ModelDescription,
+                       describe_controlnet_folder, describe_model_folder)
 
 
 def resolve_model_folder(model: str, config: PriorConfig) -> Path:
@@ -43,31 +30,92 @@ def resolve_model_folder(model: str, config: PriorConfig) -> Path:
     if path.exists():
         if not path.is_dir():
             raise ModelNotFoundError(f"{model} is a file, not a diffusers model folder.",
-                                     "Pass the folder that contains model_index.json or config.json.")
+                                     "Pass the folder that contains model_index.json or config.json "
+                                     "(only base models can be single files).")
         return path
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") != 1
     if looks_like_path:  # hub ids are exactly "owner/name"
-        raise missing_model_error(model, "no such folder")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        raise ModelNotFoundError(f"Model {model!r} is not on this machine (no such folder).",
+                                 "Pass an existing diffusers folder, a single .safetensors/.ckpt file, a hub id "
+                                 "(owner/name), or --model bundled for the small offline prior.")
+    from .hub import hub_model_folder
 
-    try:
-        return Path(snapshot_download(model, cache_dir=config.cache_dir, local_files_only=_offline(config)))
-    except LocalEntryNotFoundError as exc:
-        raise missing_model_error(model, "not in the local cache and downloads are off") from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise missing_model_error(model, str(exc).splitlines()[0][:200]) from exc
+    return hub_model_folder(model, config.cache_dir, allow_download=config.allow_download)
 
 
-def read_model_index(folder: Path, model: str) -> dict:
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ModelNotFoundError(f"{model} is not a diffusers pipeline folder (no model_index.json).",
-                                 "Pass a Stable Diffusion 1.x/2.x, a DeepFloyd IF stage I folder, or 'bundled'.")
-    try:
-        return json.loads(index.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelNotFoundError(f"{index} cannot be read: {exc}.", "Download the model again.") from exc
+def downloads_allowed(config: PriorConfig) -> bool:
+    from huggingface_hub import is_offline_mode
+
+    return config.allow_download and not is_offline_mode()
+
+
+def base_model_folder(model: str, config: PriorConfig) -> tuple[Path, str | None]:
+    """The diffusers folder of the base model `model` and, when a single-file checkpoint was
+    converted into one just now, a notice saying so."""
+    path = Path(model).expanduser()
+    if model != BUNDLED_MODEL and path.is_file():
+        if path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise ModelNotFoundError(f"{model} is a file, but not a .safetensors or .ckpt checkpoint.", SUPPORTED)
+        from .single_file import folder_for_single_file
+
+        return folder_for_single_file(path, model, config.cache_dir, offline=not downloads_allowed(config))
+    return resolve_model_folder(model, config), None
+
+
+def pick_controlnets(description: ModelDescription, config: PriorConfig,
+                     model: str) -> tuple[dict[str, str], list[str]]:
+    """The ControlNets (condition -> hub id or folder) the job uses with `model`, and what to tell
+    the user about them. `auto` takes the ones the user named plus the family's defaults; a named
+    condition takes the user's ControlNet, else the family's default, else fails."""
+    if not config.controlnets:
+        return {}, []
+    auto = config.controlnets == ("auto",)
+    defaults = description.controlnet_defaults
+    if defaults is None:  # a pixel-space model: no ControlNet can guide it
+        if not auto:
+            raise BadInputError(f"{model} is a pixel-space model ({description.label}); ControlNets need a latent "
+                                "(Stable Diffusion or SDXL) model.", "Pass --controlnet none, or a latent model.")
+        ignored = sorted(config.controlnet_models)
+        return {}, [f"The {' and '.join(ignored)} ControlNet(s) named in the settings are not used: {model} is a "
+                    f"pixel-space model ({description.label})."] if ignored else []
+    named = config.controlnet_models
+    conditions = ([c for c in CONTROLNET_CONDITIONS if c in named or defaults.for_condition(c)] if auto
+                  else list(config.controlnets))
+    chosen = {}
+    for condition in conditions:
+        source = named.get(condition) or defaults.for_condition(condition)
+        if source is None:
+            raise BadInputError(f"There is no standard {condition} ControlNet for {description.label} models "
+                                "(lllyasviel's and diffusers' are for SD 1.5 and SDXL).",
+                                f"Name one made for {description.label} in the settings "
+                                f"(prior.controlnet_models.{condition}), or pass --controlnet none.")
+        chosen[condition] = source
+    if not auto:
+        return chosen, []
+    if chosen:
+        listed = ", ".join(f"{condition} {source}" for condition, source in chosen.items())
+        return chosen, [f"ControlNets for {description.label}: {listed}."]
+    return chosen, [f"No ControlNets: there are no standard depth or canny ControlNets for {description.label} "
+                    "models, so the texture is guided by the prompt alone. Name one made for it in the settings "
+                    "(prior.controlnet_models) to use it."]
+
+
+def controlnet_folders(chosen: dict[str, str], description: ModelDescription, config: PriorConfig,
+                       model: str) -> dict[str, Path]:
+    """The chosen ControlNets' folders, each checked against the base model's UNet before any weight
+    is loaded: a ControlNet for another family would fail at the first step on a shape mismatch."""
+    folders = {}
+    for condition, source in chosen.items():
+        folder = resolve_model_folder(source, config)
+        made_for = describe_controlnet_folder(folder, source)
+        if made_for != description.unet:
+            raise BadInputError(
+                f"The {condition} ControlNet {source} is made for {made_for.describe()}, but {model} is "
+                f"{description.label} ({description.unet.describe()}).",
+                f"Name a {condition} ControlNet made for {description.label} in the settings "
+                f"(prior.controlnet_models.{condition}), or pass --controlnet none.")
+        folders[condition] = folder
+    return folders
 
 
 def load_prior(config: PriorConfig, device: torch.device, model: str | None = None) -> DiffusionPrior:
@@ -85,18 +133,18 @@ def load_prior(config: PriorConfig, device: torch.device, model: str | None = No
     diffusers.utils.logging.disable_progress_bar()
 
     model = model or config.model
-    folder = resolve_model_folder(model, config)
-    index = read_model_index(folder, model)
+    folder, conversion_notice = base_model_folder(model, config)
+    description = describe_model_folder(folder, model)
+    chosen, notices = pick_controlnets(description, config, model)
+    controlnets = controlnet_folders(chosen, description, config, model)
     dtype = torch.float16 if (device.type == "cuda" and config.half_precision) else torch.float32
-    class_name = str(index.get("_class_name", ""))
-    requested = ("depth", "canny") if config.controlnets == ("auto",) else config.controlnets
-    if "vae" in index:
-        controlnets = {name: resolve_model_folder(config.controlnet_models[name], config) for name in requested}
-        return LatentPrior.from_folder(folder, model, device, dtype, controlnets)
-    if class_name.startswith("IF") or ("unet" in index and "text_encoder" in index):
-        if config.controlnets not in ((), ("auto",)):
-            raise ModelNotFoundError(f"{model} is a pixel-space model; ControlNets need a latent (Stable "
-                                     "Diffusion) model.", "Pass --controlnet none, or a Stable Diffusion model.")
-        return PixelPrior.from_folder(folder, model, device, dtype)
-    raise ModelNotFoundError(f"{model} ({class_name or 'unknown pipeline'}) is not a supported text-to-image model.",
-                             "Use a Stable Diffusion 1.x/2.x, a DeepFloyd IF stage I model, or 'bundled'.")
+    if description.family == Family.SDXL:
+        from .sdxl import SdxlPrior
+
+        prior = SdxlPrior.from_folder(folder, model, device, dtype, controlnets)
+    elif description.pixel_space:
+        prior = PixelPrior.from_folder(folder, model, device, dtype)
+    else:
+        prior = LatentPrior.from_folder(folder, model, device, dtype, controlnets)
+    prior.warnings += [notice for notice in (conversion_notice, *notices) if notice]
+    return prior

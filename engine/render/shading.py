@@ -13,8 +13,8 @@ from torch import Tensor
 
 from .cameras import Cameras
 
-# Ambient strength is uniform in this range; diffuse is 1 - ambient, so a surface facing the
-# light shows exactly its albedo.
+# The texture job's light (and sample_lighting's default): ambient strength uniform in this range;
+# diffuse is 1 - ambient, so a surface facing the light shows exactly its albedo.
 AMBIENT_RANGE = (0.5, 0.7)
 # Standard deviation of the random offset added to the unit camera direction to place the light.
 LIGHT_DIRECTION_JITTER = 0.4
@@ -29,17 +29,21 @@ class Lighting:
     diffuse: Tensor
 
 
-def sample_lighting(cameras: Cameras, generator: torch.Generator) -> Lighting:
-    """One light per camera: the camera's direction from the origin, randomly perturbed.
+def sample_lighting(cameras: Cameras, generator: torch.Generator,
+                    ambient_range: tuple[float, float] = AMBIENT_RANGE,
+                    jitter_std: float = LIGHT_DIRECTION_JITTER) -> Lighting:
+    """One light per camera: the camera's direction from the origin plus a normal offset of
+    standard deviation jitter_std, normalised; ambient uniform in ambient_range, diffuse 1 - ambient.
 
-    Random draws happen on the generator's device; the result is on the cameras' device.
+    The same random draws whatever the settings. They happen on the generator's device; the
+    result is on the cameras' device.
     """
     count = len(cameras)
     jitter = torch.randn(count, 3, generator=generator, device=generator.device).to(cameras.device)
-    ambient = AMBIENT_RANGE[0] + (AMBIENT_RANGE[1] - AMBIENT_RANGE[0]) * torch.rand(
+    ambient = ambient_range[0] + (ambient_range[1] - ambient_range[0]) * torch.rand(
         count, generator=generator, device=generator.device).to(cameras.device)
     towards_camera = torch.nn.functional.normalize(cameras.camera_positions, dim=-1)
-    direction = torch.nn.functional.normalize(towards_camera + LIGHT_DIRECTION_JITTER * jitter, dim=-1)
+    direction = torch.nn.functional.normalize(towards_camera + jitter_std * jitter, dim=-1)
     return Lighting(direction, ambient, 1.0 - ambient)
 
 

@@ -85,6 +85,16 @@ def test_settings_follow_engine_names():
     assert edit["guidance"] == {"mode": "csd", "w1": 1.0, "w2_start": 0.25, "w2_end": 0.25}
 
 
+def test_controlnets_are_left_to_the_models_family_unless_named():
+    scene = {"prompt": "a chair", "use_controlnet": True}
+    prefs = {"texture_model": "stabilityai/stable-diffusion-xl-base-1.0", "controlnet_depth": "",
+             "controlnet_canny": ""}
+    prior = settings.texture_settings(scene, prefs)["prior"]
+    assert prior["controlnets"] == ["auto"] and "controlnet_models" not in prior
+    prior = settings.texture_settings(scene, dict(prefs, controlnet_depth="me/depth-xl"))["prior"]
+    assert prior["controlnet_models"] == {"depth": "me/depth-xl"}
+
+
 def test_engine_configs_accept_our_settings():
     """Every key the add-on sends exists in the engine's config dataclasses."""
     engine_python = ROOT / ".venv" / "bin" / "python"

@@ -39,6 +39,14 @@ def test_user_folder_is_the_extensions(addon):
     assert ".user" in jobs.parts and "csd_blender" in jobs.parts
 
 
+def test_controlnet_preferences_default_to_the_models_family(addon):
+    # A fixed SD 1.5 ControlNet would be sent with every model and refused for SDXL and SD 2.x.
+    from importlib import import_module
+
+    prefs = import_module(ADDON_MODULE + ".preferences").get()
+    assert prefs.controlnet_depth == "" and prefs.controlnet_canny == ""
+
+
 class Recorder:
     """A stand-in UILayout that checks every property and operator the panels name exists."""
 

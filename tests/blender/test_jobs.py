@@ -265,6 +265,6 @@ def test_setup_engine_respects_online_access(addon, bpy):
 def test_check_engine_reports_torch(addon, bpy):
     mod("preferences").get().engine_source = ""  # the engine vendored in the extension
     bpy.ops.csd.check_engine()
-    lines = mod("preferences").EngineState.check_lines
-    text = "\n".join(lines)
+    state = mod("preferences").EngineState
+    text = "\n".join(state.check_lines + [row.text() for row in state.check_rows])
     assert "PyTorch" in text and "Engine code found" in text and "texture: bundled" in text

@@ -11,12 +11,51 @@ from pathlib import Path
 START = time.monotonic()
 
 
+def models(args: list, spec: dict) -> int:
+    """`models list [MODEL ...]` (each MODEL in spec["local"] is complete, with spec["size_bytes"]) and
+    `models download MODEL --allow-download` (spec["download"]: steps, step_s, error, ignore_cancel)."""
+    def emit(event, **fields):
+        print(json.dumps({"event": event, "time": time.monotonic() - START, **fields}), flush=True)
+
+    size = int(spec.get("size_bytes", 1234))
+    if args[0] == "list":
+        for model in args[1:]:
+            local = model in spec.get("local", [])
+            emit("model", model=model, use="asked for", local=local, complete=local, size_bytes=size if local else 0,
+                 size=f"{size} B" if local else "0 B", path=None, missing=[])
+        emit("finished", status="ok")
+        return 0
+    model, behaviour = args[1], spec.get("download", {})
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+    steps = int(behaviour.get("steps", 3))
+    emit("download_plan", model=model, files=steps + 2, total_bytes=steps * 100 + 10, fetch_files=steps,
+         fetch_bytes=steps * 100)
+    print(f"{model}: downloading {steps} files", file=sys.stderr, flush=True)
+    for step in range(steps):
+        if stopped and not behaviour.get("ignore_cancel"):
+            emit("error", kind="cancelled", message="Cancelled by the user.", hint="", exit_code=130)
+            emit("finished", status="cancelled")
+            return 130
+        time.sleep(float(behaviour.get("step_s", 0.01)))
+        emit("download", model=model, file=f"part{step}", file_bytes_done=100, file_bytes=100,
+             bytes_done=(step + 1) * 100, bytes_total=steps * 100)
+    if behaviour.get("error"):
+        emit("error", **behaviour["error"])
+        emit("finished", status="error")
+        return int(behaviour["error"].get("exit_code", 3))
+    emit("finished", status="ok", model=model, path="/nowhere", size_bytes=size)
+    return 0
+
+
 def main() -> int:
+    spec = json.loads(os.environ.get("CSD_FAKE_ENGINE") or "{}")
+    if len(sys.argv) >= 3 and sys.argv[1] == "models":
+        return models(sys.argv[2:], spec)
     if len(sys.argv) < 3 or sys.argv[1] != "run":
-        print("fake engine: usage: python -m engine run JOB_DIR", file=sys.stderr)
+        print("fake engine: usage: python -m engine run JOB_DIR | models list|download ...", file=sys.stderr)
         return 2
     job = Path(sys.argv[2])
-    spec = json.loads(os.environ.get("CSD_FAKE_ENGINE") or "{}")
     data = json.loads((job / "job.json").read_text("utf-8"))
     if spec.get("record"):
         record = Path(spec["record"])
