@@ -67,19 +67,8 @@ from engine.prior.base import ControlImages  # noqa: E402
 from engine.prior.latent import LatentPrior  # noqa: E402
 from engine.prior.sdxl import FP16_FIX_VAE, SdxlPrior, pack_embeddings  # noqa: E402
 from engine.render.cameras import sample_cameras  # noqa: E402
+from model_configs import CLIP_L_TEXT, OPENCLIP_BIGG_TEXT, SD15_UNET, SD_VAE, SDXL_UNET, SDXL_VAE  # noqa: E402
 
-# stable-diffusion-v1-5 unet/config.json
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
-# stable-diffusion-v1-5 vae/config.json
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-              layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
-              up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=0.18215)
-# CLIP ViT-L/14's text tower (what SD-1.5's embeddings come from), for the job's model folder.
-CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                   max_position_embeddings=77)
 TOKENS = 77
 
 # Fast-step variants: "default" is what the job runs; each other one changes one thing.
@@ -140,9 +129,6 @@ def bench_model(name: str, smoke: bool, vae_float32: bool) -> BenchModel:
     if name == "sd15":
         return (BenchModel(name, SMOKE_UNET, SMOKE_VAE, (SMOKE_TEXT,), ("depth", "canny"), 64) if smoke else
                 BenchModel(name, SD15_UNET, SD_VAE, (CLIP_L_TEXT,), ("depth", "canny"), 512))
-    # model_configs imports this module's SD 1.5 configs, so it is imported here, not at the top.
-    from model_configs import OPENCLIP_BIGG_TEXT, SDXL_UNET, SDXL_VAE
-
     # In float16 the VAE is the fp16-fixed one: SDXL's architecture without force_upcast.
     vae = dict(SDXL_VAE, force_upcast=vae_float32)
     if not smoke:

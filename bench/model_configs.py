@@ -5,7 +5,7 @@ hub repository), for benchmarks that build the models with random weights.
 Only values that change the architecture or what it computes are written out; everything else is
 the diffusers / transformers default, which these checkpoints keep. Configs other benchmarks
 already hold are imported from them, not repeated: SD 1.5's UNet, VAE and CLIP ViT-L/14 text tower
-(bench_texture_step.py), SD 2.1 base's UNet and the T5-XXL encoder (bench_generate.py) and
+(here), SD 2.1 base's UNet and the T5-XXL encoder (bench_generate.py) and
 OpenCLIP ViT-H/14's text tower (bench_generate_job.py).
 
 IF-I-XL is written here, not taken from bench_generate.py: its IF_I_XL carries three settings of
@@ -24,7 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import SD21_BASE, T5_XXL_CONFIG  # noqa: E402
 from bench_generate_job import OPENCLIP_H_CONFIG  # noqa: E402
-from bench_texture_step import CLIP_L_TEXT, SD15_UNET, SD_VAE  # noqa: E402
+
+# stable-diffusion-v1-5 unet/config.json
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
+# stable-diffusion-v1-5 vae/config.json
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+              layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=0.18215)
+# CLIP ViT-L/14's text tower (what SD-1.5's embeddings come from), for the job's model folder.
+CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   max_position_embeddings=77)
 
 
 @dataclass(frozen=True)

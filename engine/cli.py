@@ -17,7 +17,9 @@ from .config import (BUNDLED_MODEL, DEFAULT_NEGATIVE_PROMPT, TextureJobConfig, a
                      apply_common_arguments, to_dict, update_from_dict)
 from .errors import BadInputError, Cancelled, EngineError, JobFileError
 from .job.progress import CancelToken, ProgressReporter, format_bytes
-from .job.protocol import read_job, result_document, write_result
+from .job.paths import inside_folder
+from .job.outputs import publish_result_only
+from .job.protocol import progress_log_path, read_job, result_document
 from .pipelines.generate_config import add_generate_arguments, generate_config_from_args, generate_config_from_job
 from .pipelines.edit_config import add_edit_arguments, edit_config_from_args, edit_config_from_job
 
@@ -75,6 +77,7 @@ def _run(task: str, config, out: Path, reporter: ProgressReporter, cancel: Cance
     from .prior.hub import report_downloads_to
 
     def pipeline(context) -> dict[str, str]:
+        context.cancel.check()  # a cancel held since start-up ends the job before any work (engine/__main__.py)
         module = importlib.import_module(f".pipelines.{task}", __package__)
         with report_downloads_to(context.reporter, context.cancel):
             return getattr(module, f"run_{task}")(config, context)
@@ -97,7 +100,8 @@ def command_edit(args: argparse.Namespace) -> int:
 
 def command_run(args: argparse.Namespace) -> int:
     job_dir = Path(args.job_dir)
-    reporter = ProgressReporter(jsonl_path=job_dir / "progress.jsonl" if job_dir.is_dir() else None)
+    reporter = ProgressReporter(jsonl_path=progress_log_path(job_dir))
+    spec = None
     try:
         spec = read_job(job_dir)
         cancel = CancelToken(spec.cancel_path)
@@ -105,6 +109,8 @@ def command_run(args: argparse.Namespace) -> int:
             config = texture_config_from_job(spec.settings, spec.mesh, spec.output_dir)
         elif spec.task == "generate":
             config = generate_config_from_job(spec.settings, spec.output_dir)
+            if config.stage1_state is not None:  # from job.json, or from the saved settings of a resumed run
+                config.stage1_state = str(spec.inside(config.stage1_state, "settings.stage1_state"))
         elif spec.task == "edit":
             config = edit_config_from_job(spec.settings, spec.source, spec.output_dir)
         else:
@@ -117,9 +123,10 @@ def command_run(args: argparse.Namespace) -> int:
             print(f"hint: {exc.hint}", file=sys.stderr)
         if job_dir.is_dir():
             try:
-                out = job_dir / "out"
-                out.mkdir(exist_ok=True)
-                write_result(out, result_document("unknown", "error", {}, {}, {}, exc.to_dict()))
+                # The job's own output folder when job.json named a good one, else the default; never
+                # through a link, even when the refusal was about that folder.
+                out = spec.output_dir if spec is not None else inside_folder(job_dir, "out", "out", JobFileError)
+                publish_result_only(out, result_document("unknown", "error", {}, {}, {}, exc.to_dict()))
             except (OSError, EngineError):
                 pass
         return exc.exit_code

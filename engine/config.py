@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,18 @@ DEFAULT_NEGATIVE_PROMPT = "oversaturated color, ugly, tiling, low quality, noisy
 BUNDLED_MODEL = "bundled"
 DEFAULT_LATENT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CONTROLNET_CONDITIONS = ("depth", "canny")
+
+# Bounds on what a job may ask for (docs/job-protocol.md, "Bounds"): far above any useful value,
+# low enough that no setting makes a job run for days, fill memory or bloat result.json.
+MAX_STEPS = 100_000  # the paper's longest schedule is 10,000 steps
+MAX_PROMPT_CHARS = 2_000  # text encoders read 77 tokens (a few hundred characters)
+MAX_SEED = 2 ** 32 - 1  # what every random generator the engine seeds accepts
+MAX_LEARNING_RATE = 1.0
+MAX_GUIDANCE_WEIGHT = 1_000.0  # |w1|, |w2|, cfg_scale (the SDS default is 100)
+MAX_NAME_CHARS = 4_096  # a model id, folder or cache path
+MAX_EXTRA_CAMERAS = 64
+MAX_VIEW_POOL = 1_024
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 
 @dataclass(frozen=True)
@@ -69,10 +82,13 @@ class GuidanceConfig:
                                 "Use 0 <= t_min < t_max <= 1.")
         for name in ("w1", "w2_start", "w2_end", "cfg_scale"):
             value = getattr(self, name)
-            if not math.isfinite(value):
-                raise BadInputError(f"Guidance weight {name} must be a finite number.", "")
-        if self.w2_anneal_steps < 0:
-            raise BadInputError("w2_anneal_steps must be >= 0.", "")
+            if not (math.isfinite(value) and abs(value) <= MAX_GUIDANCE_WEIGHT):
+                raise BadInputError(f"Guidance weight {name} must be a number between {-MAX_GUIDANCE_WEIGHT:g} and "
+                                    f"{MAX_GUIDANCE_WEIGHT:g}, got {value!r}.", "")
+        if self.t_max_before_switch is not None and not 0.0 <= self.t_max_before_switch <= 1.0:
+            raise BadInputError(f"t_max_before_switch must be between 0 and 1, got {self.t_max_before_switch!r}.", "")
+        validate_count("w2_anneal_steps", self.w2_anneal_steps)
+        validate_count("t_max_switch_step", self.t_max_switch_step)
 
     def w2_at(self, step: int) -> float:
         if self.w2_anneal_steps <= 0:
@@ -101,10 +117,13 @@ class CameraConfig:
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
                 raise BadInputError(f"Camera range {name}={lo, hi} is invalid.", "Give (low, high) with low <= high.")
-        if self.distance[0] <= 0.0 or not 1.0 <= self.fovy_deg[0] <= 170.0:
-            raise BadInputError("Camera distance must be > 0 and the field of view within 1..170 degrees.", "")
-        if self.view_pool < 1:
-            raise BadInputError("view_pool must be at least 1.", "")
+        if not 0.0 < self.distance[0] <= self.distance[1] <= 1_000.0 or not 1.0 <= self.fovy_deg[0] <= self.fovy_deg[1] <= 170.0:
+            raise BadInputError("Camera distance must be within 0..1000 (above 0) and the field of view within "
+                                "1..170 degrees.", "")
+        if not (-90.0 <= self.elevation_deg[0] and self.elevation_deg[1] <= 90.0
+                and -360.0 <= self.azimuth_deg[0] and self.azimuth_deg[1] <= 360.0):
+            raise BadInputError("Camera elevation must be within -90..90 degrees and azimuth within -360..360.", "")
+        validate_size("view_pool", self.view_pool, 1, MAX_VIEW_POOL)
 
 
 @dataclass
@@ -121,8 +140,9 @@ class HashGridConfig:
 
     def validate(self) -> None:
         if not (1 <= self.levels <= 32 and self.features_per_level in (1, 2, 4, 8)
-                and 8 <= self.log2_table_size <= 24 and self.base_resolution >= 2
-                and self.per_level_scale >= 1.0 and self.mlp_width >= 1 and self.mlp_hidden_layers >= 0):
+                and 8 <= self.log2_table_size <= 24 and 2 <= self.base_resolution <= 4096
+                and 1.0 <= self.per_level_scale <= 4.0 and 1 <= self.mlp_width <= 1024
+                and 0 <= self.mlp_hidden_layers <= 8):
             raise BadInputError("Hash-grid settings are out of range.", "See engine/config.py HashGridConfig.")
 
 
@@ -146,8 +166,17 @@ class PriorConfig:
     def validate(self) -> None:
         if not self.model.strip():
             raise BadInputError("No model given.", "Pass --model bundled, a hub id, or a local folder.")
+        validate_text("prior.model", self.model, MAX_NAME_CHARS)
+        if self.cache_dir is not None:
+            validate_text("prior.cache_dir", self.cache_dir, MAX_NAME_CHARS)
+        for name in ("controlnet_scale_start", "controlnet_scale_end"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 10.0:
+                raise BadInputError(f"prior.{name} must be between 0 and 10, got {value!r}.", "")
+        validate_count("prior.controlnet_switch_step", self.controlnet_switch_step)
         for name, model in self.controlnet_models.items():
-            if name not in CONTROLNET_CONDITIONS or not isinstance(model, str) or not model.strip():
+            if (name not in CONTROLNET_CONDITIONS or not isinstance(model, str) or not model.strip()
+                    or len(model) > MAX_NAME_CHARS):
                 raise BadInputError(f"controlnet_models.{name} = {model!r} is not a ControlNet setting.",
                                     "Name a depth or canny ControlNet by hub id or folder.")
         if self.controlnets == ("auto",):
@@ -221,40 +250,87 @@ class TextureJobConfig:
     def validate(self) -> None:
         self.resolve_defaults()
         validate_prompt(self.prompt)
+        validate_text("negative_prompt", self.negative_prompt, MAX_PROMPT_CHARS)
         validate_common(self.steps, self.render_size, self.seed, self.device)
         if self.up_axis not in (None, "Y", "Z"):
             raise BadInputError(f"up_axis must be Y or Z, got {self.up_axis!r}.", "")
         validate_size("texture_size", self.texture_size, 16, 8192)
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise BadInputError("learning_rate must be a positive number.", "")
-        if self.preview_every < 0:
-            raise BadInputError("preview_every must be >= 0 (0 turns previews off).", "")
+        validate_learning_rate("learning_rate", self.learning_rate)
+        validate_count("preview_every", self.preview_every)
+        validate_extra_cameras(self.extra_cameras)
         self.guidance.validate()
         self.cameras.validate()
         self.hash_grid.validate()
         self.prior.validate()
 
 
-def validate_prompt(prompt: str) -> None:
+def validate_prompt(prompt: str, name: str = "prompt") -> None:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise BadInputError("The prompt is empty.", "Describe what you want, e.g. --prompt \"a wooden chair\".")
+        raise BadInputError(f"The {name.replace('_', ' ')} is empty.",
+                            "Describe what you want, e.g. --prompt \"a wooden chair\".")
+    validate_text(name, prompt, MAX_PROMPT_CHARS)
+
+
+def validate_text(name: str, value: str, limit: int) -> None:
+    if not isinstance(value, str):
+        raise BadInputError(f"{name} must be text, got {type(value).__name__}.", "")
+    if len(value) > limit:
+        raise BadInputError(f"{name} is {len(value):,} characters long; at most {limit:,} are allowed.",
+                            "Text encoders read only the first 77 tokens (a few hundred characters): "
+                            "shorten it." if "prompt" in name else "Use a shorter name or path.")
+
+
+def _plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_size(name: str, value: int, low: int, high: int) -> None:
-    if not isinstance(value, int) or not low <= value <= high:
-        raise BadInputError(f"{name} must be an integer between {low} and {high}, got {value!r}.", "")
+    if not _plain_int(value) or not low <= value <= high:
+        raise BadInputError(f"{name} must be an integer between {low:,} and {high:,}, got {value!r}.", "")
+
+
+def validate_count(name: str, value: int, low: int = 0) -> None:
+    """A number of steps (or steps between events): an integer from `low` to MAX_STEPS."""
+    validate_size(name, value, low, MAX_STEPS)
+
+
+def validate_learning_rate(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0.0 < value <= MAX_LEARNING_RATE):
+        raise BadInputError(f"{name} must be a number above 0 and at most {MAX_LEARNING_RATE:g}, got {value!r}.", "")
 
 
 def validate_common(steps: int, render_size: int | None, seed: int, device: str) -> None:
     """render_size None: the model's own, checked once the model is loaded."""
-    if not isinstance(steps, int) or steps < 1:
-        raise BadInputError(f"steps must be a positive integer, got {steps!r}.", "")
+    validate_count("steps", steps, low=1)
     if render_size is not None:
         validate_size("render_size", render_size, 16, 2048)
-    if not isinstance(seed, int) or seed < 0:
-        raise BadInputError(f"seed must be a non-negative integer, got {seed!r}.", "")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise BadInputError(f"Unknown device {device!r}.", "Use auto, cpu or cuda.")
+    validate_size("seed", seed, 0, MAX_SEED)
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise BadInputError(f"Unknown device {device!r}.", "Use auto, cpu, cuda or cuda:N.")
+
+
+def validate_extra_cameras(cameras: list) -> None:
+    """The caller's cameras: each {"matrix_world": 4 rows of 4 finite numbers, "fovy_deg": 1..170}."""
+    if not isinstance(cameras, list) or len(cameras) > MAX_EXTRA_CAMERAS:
+        raise BadInputError(f"extra_cameras must be a list of at most {MAX_EXTRA_CAMERAS} cameras.", "")
+    for index, camera in enumerate(cameras):
+        where = f"extra_cameras[{index}]"
+        if not isinstance(camera, dict) or set(camera) - {"matrix_world", "fovy_deg"}:
+            raise BadInputError(f"{where} must be an object with matrix_world and fovy_deg.", "")
+        matrix = camera.get("matrix_world")
+        if not (isinstance(matrix, list) and len(matrix) == 4
+                and all(isinstance(row, list) and len(row) == 4 and all(_finite_number(v) for v in row)
+                        for row in matrix)):
+            raise BadInputError(f"{where}.matrix_world must be 4 rows of 4 finite numbers.",
+                                "Give the camera's 4 x 4 camera-to-world matrix.")
+        fovy = camera.get("fovy_deg", 40.0)
+        if not (_finite_number(fovy) and 1.0 <= fovy <= 170.0):
+            raise BadInputError(f"{where}.fovy_deg must be between 1 and 170 degrees, got {fovy!r}.", "")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _controlnets(value: str) -> tuple[str, ...]:
@@ -293,32 +369,56 @@ def to_dict(config: Any) -> dict:
 
 
 def update_from_dict(config: Any, data: dict, where: str = "settings") -> Any:
-    """Overlay a JSON object on a (nested) config dataclass, rejecting unknown keys."""
-    names = {f.name: f for f in dataclasses.fields(config)}
+    """Overlay a JSON object on a (nested) config dataclass, rejecting unknown keys and values
+    whose type differs from the setting's (a pair stays a pair of numbers, a count an integer)."""
+    if not isinstance(data, dict):
+        raise BadInputError(f"{where} must be an object.", "")
+    fields = {f.name: f for f in dataclasses.fields(config)}
     for key, value in data.items():
-        if key not in names:
-            raise BadInputError(f"Unknown setting {where}.{key}.", f"Known settings: {', '.join(sorted(names))}.")
-        current = getattr(config, key)
+        if key not in fields:
+            raise BadInputError(f"Unknown setting {where}.{key}.", f"Known settings: {', '.join(sorted(fields))}.")
+        name, current = f"{where}.{key}", getattr(config, key)
         if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise BadInputError(f"{where}.{key} must be an object.", "")
-            update_from_dict(current, value, f"{where}.{key}")
-        elif isinstance(current, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise BadInputError(f"{where}.{key} must be a list.", "")
-            setattr(config, key, tuple(value))
-        elif isinstance(current, bool):
-            if not isinstance(value, bool):
-                raise BadInputError(f"{where}.{key} must be true or false.", "")
-            setattr(config, key, value)
-        elif isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            setattr(config, key, float(value))
-        elif isinstance(current, int) and not isinstance(current, bool):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise BadInputError(f"{where}.{key} must be an integer.", "")
-            setattr(config, key, value)
-        elif current is None or isinstance(value, type(current)):
-            setattr(config, key, value)
+            update_from_dict(current, value, name)
         else:
-            raise BadInputError(f"{where}.{key} has the wrong type ({type(value).__name__}).", "")
+            setattr(config, key, _typed_value(name, value, current, str(fields[key].type)))
     return config
+
+
+def _typed_value(name: str, value: Any, current: Any, annotation: str) -> Any:
+    """`value` as the type of the setting now holding `current` (declared as `annotation`)."""
+    if current is None:  # an optional setting left open: its declared type says what it takes
+        if value is None:
+            return None
+        for type_name, example in (("int", 0), ("float", 0.0), ("str", "")):
+            if annotation.startswith(type_name):
+                return _typed_value(name, value, example, annotation)
+        raise BadInputError(f"{name} has the wrong type ({type(value).__name__}).", "")
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise BadInputError(f"{name} must be a list.", "")
+        if current and all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in current):
+            if len(value) != len(current):
+                raise BadInputError(f"{name} must be a list of {len(current)} numbers, got {len(value)} items.", "")
+            return tuple(_typed_value(f"{name}[{index}]", item, 0.0, "float") for index, item in enumerate(value))
+        if not all(isinstance(item, str) for item in value):
+            raise BadInputError(f"{name} must be a list of names.", "")
+        return tuple(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise BadInputError(f"{name} must be true or false.", "")
+        return value
+    if isinstance(current, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise BadInputError(f"{name} must be a number.", "")
+        try:
+            return float(value)
+        except OverflowError as exc:  # an integer too large for a float
+            raise BadInputError(f"{name} = {value} is too large.", "") from exc
+    if isinstance(current, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadInputError(f"{name} must be an integer.", "")
+        return value
+    if isinstance(value, type(current)):
+        return value
+    raise BadInputError(f"{name} has the wrong type ({type(value).__name__}).", "")

@@ -172,18 +172,22 @@ def test_output_folder_that_is_a_file(tmp_path, tiny_pixel_prior, capsys):
     assert code == 6 and target.read_text() == "x"
 
 
-def test_failed_job_leaves_earlier_outputs_intact(tmp_path, tiny_pixel_prior, capsys):
+def test_refused_run_keeps_a_finished_set_but_replaces_an_unfinished_one(tmp_path, tiny_pixel_prior, capsys):
     out = tmp_path / "o"
     code, _, _ = run_cli(["texture", CUBE, "--prompt", "a cube", "--model", tiny_pixel_prior, "--out", out, *FAST],
                          capsys)
     assert code == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "result.json"}
-    code, _, _ = run_cli(["texture", tmp_path / "missing.obj", "--prompt", "a cube", "--model", tiny_pixel_prior,
-                          "--out", out, *FAST], capsys)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = ["texture", tmp_path / "missing.obj", "--prompt", "a cube", "--model", tiny_pixel_prior,
+               "--out", out, *FAST]
+    code, _, err = run_cli(refused, capsys)
+    assert code == 2 and "missing.obj" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the finished set, byte for byte
+    (out / "result.json").write_text(json.dumps({"status": "cancelled"}))
+    code, _, _ = run_cli(refused, capsys)
     assert code == 2
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "result.json"}
-    assert before == after
-    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    # An unfinished set is replaced as a unit: the refused run's result.json alone.
+    assert [p.name for p in out.iterdir()] == ["result.json"] and result_of(out)["status"] == "error"
 
 
 def write_job(job_dir, data, mesh=True):
@@ -211,7 +215,10 @@ def test_run_job_folder(tmp_path, tiny_pixel_prior, capsys):
     events = [json.loads(line) for line in (job_dir / "progress.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events][0] == "started" and events[-1]["event"] == "finished"
     preview = [e for e in events if e["event"] == "preview"]
-    assert preview and (job_dir / "out" / preview[0]["path"]).is_file()
+    # Live previews are named inside the run's partial folder; once it is swapped in they are in the set.
+    live = Path(preview[0]["path"]) if preview else None
+    assert live is not None and live.parts[0].startswith(".partial-")
+    assert (job_dir / "out" / Path(*live.parts[1:])).is_file()
     uvs = np.load(job_dir / "out" / "corner_uvs.npy")
     assert uvs.shape == (np.load(job_dir / "mesh.npz")["triangles"].shape[0], 3, 2)
 

@@ -7,10 +7,12 @@ failed job leaves nothing behind.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import bpy
 import numpy as np
+
+from ..exchange.engine_output import EngineOutputError, image_size, read_corner_uvs, resolve_inside
 
 _previews = None
 _thumb = {"key": None, "icon": 0}
@@ -39,6 +41,31 @@ def unregister():
     _thumb.update(key=None, icon=0)
 
 
+def _engine_file(job, relative: str, read):
+    """``read(path)`` of a file the engine named for a preview; None while it is not there or when refused."""
+    try:
+        path = resolve_inside(job.output_dir, relative)
+        return read(path) if path.is_file() else None
+    except EngineOutputError as exc:
+        job.progress.refuse(str(exc))  # the job's report says what was ignored
+        return None
+
+
+def _live_file(preview: str, name: str) -> str:
+    """Where a running job keeps `name`: beside its previews, in the partial folder it writes until
+    its set is swapped in (docs/job-protocol.md), else at the top of the output folder."""
+    first = PurePosixPath(preview).parts[0] if preview else ""
+    return f"{first}/{name}" if first.startswith(".partial-") else name
+
+
+def _preview_image(job, relative: str) -> Path | None:
+    def checked(path: Path) -> Path:
+        image_size(path, f"the preview '{relative}'")
+        return path
+
+    return _engine_file(job, relative, checked)
+
+
 def thumbnail_icon(job) -> int:
     """An icon id showing the job's latest preview image (0 when there is none)."""
     if _previews is None or job is None:
@@ -49,8 +76,8 @@ def thumbnail_icon(job) -> int:
     key = f"{job.id}-{job.progress.preview_serial}"
     if _thumb["key"] == key:
         return _thumb["icon"]
-    path = job.output_dir / rel
-    if not path.is_file():
+    path = _preview_image(job, rel)
+    if path is None:
         return _thumb["icon"]
     try:
         if key not in _previews:
@@ -147,14 +174,16 @@ def update_overlay(job, enabled: bool) -> None:
 
         uvs = _overlay.get("uvs")
         if uvs is None:  # the engine unwrapped: its UVs arrive with the first preview, if it writes them early
-            uv_file = job.output_dir / "corner_uvs.npy"
-            if not uv_file.is_file():
+            faces = len(_overlay["positions"]) // 3
+            uvs = _engine_file(job, _live_file(job.progress.preview_texture, "corner_uvs.npy"),
+                               lambda path: read_corner_uvs(path, faces))
+            if uvs is None:
                 return
-            uvs = np.load(str(uv_file), allow_pickle=False).reshape(-1, 2).astype(np.float32)
-            if len(uvs) != len(_overlay["positions"]):
-                return
-            _overlay["uvs"] = uvs
-        texture = _load_texture(job.output_dir / job.progress.preview_texture)
+            uvs = _overlay["uvs"] = uvs.reshape(-1, 2)
+        texture_file = _preview_image(job, job.progress.preview_texture)
+        if texture_file is None:
+            return
+        texture = _load_texture(texture_file)
         if _overlay.get("batch") is None:
             shader = gpu.shader.from_builtin('IMAGE')
             _overlay["shader"] = shader

@@ -7,7 +7,6 @@ not replaced. Only files inside the job's output folder are read.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import bpy
 import numpy as np
 
 from ..exchange import jobs as jobs_mod
+from ..exchange.engine_output import EngineOutputError, check_file, read_corner_uvs, recheck_inside
+from ..exchange.result import ADVICE
 from .mesh_export import UserError
 
 CSD_UV = "CSD UV"
@@ -68,20 +69,21 @@ class Created:
 
 
 def output_file(job, name: str, required: bool = True) -> Path | None:
-    """The named output, refusing anything outside the job's output folder."""
+    """The named output, checked again just before it is read (inside the output folder, no link, its kind)."""
     path = job.outcome.outputs.get(name) if job.outcome else None
     if path is None:
         if required:
             raise UserError(f"The engine's result has no '{name}' file.",
                             "The extension and the engine may not match: update both.")
         return None
-    base = os.path.realpath(job.output_dir)
-    real = os.path.realpath(path)
-    if not real.startswith(base + os.sep):
-        raise UserError("The engine's result points outside its job folder and was ignored.", "")
-    if not os.path.isfile(real):
-        raise UserError(f"The engine's '{name}' file is missing.", "")
-    return Path(real)
+    try:
+        path = recheck_inside(job.output_dir, path)
+        if not path.is_file():
+            raise UserError(f"The engine's '{name}' file is missing.", "")
+        check_file(path, f"the engine's '{name}' file")
+    except EngineOutputError as exc:
+        raise UserError(f"The engine's output was refused: {exc}.", ADVICE["bad_output"]) from None
+    return path
 
 
 def load_image(path: Path, name: str, storage: str, created: Created):
@@ -204,7 +206,7 @@ def store_result(job, results_root: Path) -> Path:
     if dest.exists():
         jobs_mod.remove_tree(dest)
     if job.keep_dir:
-        shutil.copytree(job.output_dir, dest)
+        shutil.copytree(job.output_dir, dest, symlinks=True)  # a link stays a link, never the file it names
     else:
         jobs_mod.move_tree(job.output_dir, dest)
     return dest
@@ -240,8 +242,12 @@ def import_texture(job, storage: str, results_root: Path) -> str:
                 if uv_path is None:
                     raise UserError("The engine did not return the UV layout it made for this mesh.",
                                     "Update the engine, or give the mesh a UV map (UV > Smart UV Project).")
-                uv_map = add_corner_uvs(obj, np.load(str(uv_path), allow_pickle=False),
-                                        np.asarray(payload["tri_loops"]), payload["counts"])
+                tri_loops = np.asarray(payload["tri_loops"])
+                try:
+                    corner_uvs = read_corner_uvs(uv_path, len(tri_loops))
+                except EngineOutputError as exc:
+                    raise UserError(f"The engine's output was refused: {exc}.", ADVICE["bad_output"]) from None
+                uv_map = add_corner_uvs(obj, corner_uvs, tri_loops, payload["counts"])
             elif not uv_map or uv_map not in mesh.uv_layers:
                 raise UserError(f"The UV map '{uv_map}' of '{obj.name}' was removed while the engine worked.",
                                 "Run the job again.")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engine_output import EngineOutputError, parse_json
 from .process import engine_env, _popen_kwargs
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the extension's folder
@@ -157,9 +158,10 @@ def parse_check_output(text: str) -> dict | None:
     for line in reversed(text.splitlines()):
         if line.startswith("CSD-CHECK "):
             try:
-                return json.loads(line[len("CSD-CHECK "):])
-            except ValueError:
+                report = parse_json(line[len("CSD-CHECK "):], "The engine check's report")
+            except EngineOutputError:
                 return None
+            return report if isinstance(report, dict) else None
     return None
 
 

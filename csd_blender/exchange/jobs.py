@@ -83,7 +83,8 @@ def link_or_copy_tree(src: Path, dst: Path) -> Path:
     """Copy a folder, hard-linking files where the file system allows (fast, no extra space).
 
     Edit jobs get their source this way: the engine only reads inside its job folder, so a
-    symbolic link would point outside it; a hard link is a real entry inside it.
+    symbolic link would point outside it; a hard link is a real entry inside it. A symbolic link
+    in ``src`` is copied as a link, never as the file it names, so the engine sees (and refuses) it.
     """
     src, dst = Path(src), Path(dst)
 
@@ -94,7 +95,7 @@ def link_or_copy_tree(src: Path, dst: Path) -> Path:
             shutil.copy2(a, b)
         return b
 
-    shutil.copytree(src, dst, copy_function=_copy, symlinks=False)
+    shutil.copytree(src, dst, copy_function=_copy, symlinks=True)
     return dst
 
 

@@ -11,8 +11,11 @@ from pathlib import Path
 
 from . import protocol
 
-# How long a cancelled engine gets to write its result before it is killed.
-CANCEL_GRACE_S = 10.0
+# How long a cancelled engine gets to write its result before it is killed. Every phase answers a
+# cancel within about 2 s (docs/job-protocol.md); the margin is for what runs to its end first:
+# one native call (a model file read from a slow disk, a queue of GPU work) and the checkpoint a
+# cancelled generate job saves. A kill leaves no result.json, so err on the long side.
+CANCEL_GRACE_S = 30.0
 
 
 def engine_env(engine_src: Path | None, extra: dict | None = None) -> dict:

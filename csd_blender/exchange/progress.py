@@ -1,53 +1,65 @@
-"""Following the engine's progress events (progress.jsonl, or a command's output) as they are appended."""
+"""Following the engine's progress events (progress.jsonl, or a command's output) as they are appended.
+
+Every field is checked through engine_output before it is kept: a number that is not finite or
+out of range, or a preview path that is not a plain name inside the output folder, leaves the
+field as it was and adds a note to ``JobProgress.refusals`` for the job's report.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .engine_output import (MAX_BYTES, MAX_EVENT_BYTES, MAX_LOSS, MAX_PROGRESS_READ_BYTES, MAX_SECONDS, MAX_STEPS,
+                            EngineOutputError, clean_text, count, number, open_file, parse_event, relative_name)
+
+MAX_REFUSALS = 5
 
 
 class JsonlTail:
     """Reads the complete lines appended to a JSON-lines file since the last call.
 
-    A line the engine is still writing (no newline yet) is left for the next call, and a
-    line that is not valid JSON is skipped, so a reader never fails on a partial write.
+    A line the engine is still writing (no newline yet) is left for the next call, and a line
+    that is not a valid event (or is longer than MAX_EVENT_BYTES) is skipped, so a reader never
+    fails on a partial or hostile write. At most MAX_PROGRESS_READ_BYTES are read per call; a
+    file that is a link is not read, and ``refusal`` says why.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._offset = 0
         self._pending = b""
+        self._skipping = False  # inside a line already over MAX_EVENT_BYTES: drop it up to its newline
+        self.refusal = ""
 
     def read(self) -> list[dict]:
         try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except FileNotFoundError:
+            handle = open_file(self.path, self.path.name)
+        except EngineOutputError as exc:
+            self.refusal = str(exc)
             return []
+        if handle is None:
+            return []
+        with handle:
+            handle.seek(self._offset)
+            chunk = handle.read(MAX_PROGRESS_READ_BYTES)
         if not chunk:
             return []
         self._offset += len(chunk)
-        data = self._pending + chunk
-        lines = data.split(b"\n")
+        lines = (self._pending + chunk).split(b"\n")
         self._pending = lines.pop()  # the unfinished tail ("" after a trailing newline)
+        if self._skipping and lines:
+            lines.pop(0)
+            self._skipping = False
+        if len(self._pending) > MAX_EVENT_BYTES:
+            self._pending, self._skipping = b"", True
         events = []
         for raw in lines:
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                event = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                continue
-            if isinstance(event, dict) and "event" in event:
+            event = parse_event(raw.strip()) if raw.strip() else None
+            if event is not None:
                 events.append(event)
         return events
-
-
-def _number(value, default=None):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 DOWNLOADING = "downloading model"
@@ -77,6 +89,7 @@ class JobProgress:
     download_file: str = ""
     bytes_done: int = 0
     bytes_total: int = 0
+    refusals: list = field(default_factory=list)  # what the engine sent that was not used, briefly
 
     @property
     def fraction(self) -> float:
@@ -91,66 +104,111 @@ class JobProgress:
         return (f"Downloading {self.download_model}: {format_bytes(self.bytes_done)} / "
                 f"{format_bytes(self.bytes_total)}")
 
+    def refuse(self, note: str) -> None:
+        """Remember (a few of) the things the engine sent that were not used, for the job's report."""
+        if note and note not in self.refusals and len(self.refusals) < MAX_REFUSALS:
+            self.refusals.append(note)
+
+    def _steps(self, event: dict, key: str, current: int) -> int:
+        if key not in event:
+            return current
+        value = count(event[key], MAX_STEPS)
+        if value is None:
+            self.refuse(f"a '{clean_text(event.get('event'), 40)}' event with {key} "
+                        f"{clean_text(repr(event[key]), 40)}, not a step count")
+            return current
+        return value
+
+    def _preview_name(self, event: dict, key: str) -> str | None:
+        if not isinstance(event.get(key), str):
+            return None
+        try:
+            return relative_name(event[key])
+        except EngineOutputError as exc:
+            self.refuse(f"a preview {key} that is {exc}")
+            return None
+
     def apply(self, event: dict) -> None:
         self.events += 1
         kind = event.get("event")
-        time_s = _number(event.get("time"))
+        time_s = number(event.get("time"), 0, MAX_SECONDS)
         if time_s is not None:
             self.elapsed_s = max(self.elapsed_s, float(time_s))
         if kind == "started":
             self.stage = "starting"
-            self.total_steps = int(_number(event.get("total_steps"), self.total_steps) or 0)
-            self.device = str(event.get("device") or "")
+            self.total_steps = self._steps(event, "total_steps", self.total_steps)
+            self.device = clean_text(event.get("device"), 80)
         elif kind == "stage":
-            self.stage = str(event.get("name") or self.stage)
+            self.stage = clean_text(event.get("name"), 80) or self.stage
         elif kind == "step":
             self.stage = "optimising" if self.stage in ("waiting", "starting") else self.stage
-            self.step = int(_number(event.get("step"), self.step) or 0)
-            self.total_steps = int(_number(event.get("total_steps"), self.total_steps) or 0)
-            self.loss = _number(event.get("loss"), self.loss)
-            elapsed = _number(event.get("elapsed_s"))
+            self.step = self._steps(event, "step", self.step)
+            self.total_steps = self._steps(event, "total_steps", self.total_steps)
+            if "loss" in event:  # a loss that is not a finite number (a diverged run) is shown as none
+                self.loss = number(event["loss"], -MAX_LOSS, MAX_LOSS)
+            elapsed = number(event.get("elapsed_s"), 0, MAX_SECONDS)
             if elapsed is not None:
                 self.elapsed_s = max(self.elapsed_s, float(elapsed))
-            self.eta_s = _number(event.get("eta_s"), self.eta_s)
+            self.eta_s = number(event.get("eta_s"), 0, MAX_SECONDS) if "eta_s" in event else self.eta_s
         elif kind == "preview":
-            if isinstance(event.get("path"), str):
-                self.preview_texture = event["path"]
-            if isinstance(event.get("view"), str):
-                self.preview_view = event["view"]
-            self.preview_serial += 1
+            texture, view = self._preview_name(event, "path"), self._preview_name(event, "view")
+            if texture is not None or view is not None:
+                self.preview_texture = texture if texture is not None else self.preview_texture
+                self.preview_view = view if view is not None else self.preview_view
+                self.preview_serial += 1
         elif kind == "download_plan":
             self.stage = DOWNLOADING
-            self.download_model = str(event.get("model") or "")
-            self.bytes_total = int(_number(event.get("fetch_bytes"), 0) or 0)
+            self.download_model = clean_text(event.get("model"), 200)
+            self.bytes_total = count(event.get("fetch_bytes"), MAX_BYTES) or 0
             self.bytes_done = 0
         elif kind == "download":
             self.stage = DOWNLOADING
-            self.download_model = str(event.get("model") or self.download_model)
-            self.download_file = str(event.get("file") or "")
-            self.bytes_done = int(_number(event.get("bytes_done"), self.bytes_done) or 0)
-            self.bytes_total = int(_number(event.get("bytes_total"), self.bytes_total) or 0)
+            self.download_model = clean_text(event.get("model"), 200) or self.download_model
+            self.download_file = clean_text(event.get("file"), 200)
+            self.bytes_done = _or(count(event.get("bytes_done"), MAX_BYTES), self.bytes_done)
+            self.bytes_total = _or(count(event.get("bytes_total"), MAX_BYTES), self.bytes_total)
         elif kind == "finished":
-            self.finished_status = str(event.get("status") or "")
-            self.finished = dict(event)
+            self.finished_status = clean_text(event.get("status"), 20)
+            self.finished = _scalars(event)
             self.stage = "finished"
         elif kind == "error":
-            self.error = {k: event.get(k) for k in ("kind", "message", "hint", "exit_code")}
+            self.error = {"kind": clean_text(event.get("kind"), 40), "message": clean_text(event.get("message")),
+                          "hint": clean_text(event.get("hint")), "exit_code": count(event.get("exit_code"), 255)}
 
     def apply_all(self, events: list[dict]) -> None:
         for event in events:
             self.apply(event)
 
 
-def format_bytes(count: int) -> str:
+def _or(value, default):
+    return default if value is None else value
+
+
+def _scalars(event: dict) -> dict:
+    """An event's text, finite numbers and flags, checked; ``size_bytes`` only as a byte count."""
+    fields = {}
+    for key, value in list(event.items())[:64]:
+        if not isinstance(key, str):
+            continue
+        if isinstance(value, (str, bool)):
+            fields[key] = clean_text(value) if isinstance(value, str) else value
+        elif number(value, -MAX_BYTES, MAX_BYTES) is not None:
+            fields[key] = value
+    if "size_bytes" in fields and count(fields["size_bytes"], MAX_BYTES) is None:
+        del fields["size_bytes"]
+    return fields
+
+
+def format_bytes(size: int) -> str:
     """A size as people read it, in the engine's (and the Hugging Face Hub's) decimal units."""
     for unit, scale in (("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
-        if count >= scale:
-            return f"{count / scale:.2f} {unit}"
-    return f"{count} B"
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
         return "--:--"
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)

@@ -102,17 +102,21 @@ class Job:
     def poll(self) -> None:
         if self.state not in ACTIVE_STATES or self.process is None:
             return
-        self.progress.apply_all(self.tail.read())
+        self._read_progress()
         code = self.process.poll()
         if code is None:
             return
-        self.progress.apply_all(self.tail.read())
+        self._read_progress()
         if self.process.cancel_requested:
             # Cancel wins even when the engine managed to finish first: the artist asked to stop.
             self._end(Outcome("cancelled", "cancelled", "Cancelled.", "", code))
             return
         self._end(interpret(self.job_dir, code, cancel_requested=False,
                             log_path=self.process.log_path, last_error_event=self.progress.error))
+
+    def _read_progress(self) -> None:
+        self.progress.apply_all(self.tail.read())
+        self.progress.refuse(self.tail.refusal)
 
     def _end(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -149,6 +153,9 @@ class Job:
         keep_note = ""
         if not ok and self.job_dir.exists():
             keep_note = str(self.job_dir)
+        if self.progress.refusals:
+            ignored = f"The engine also sent progress that was ignored: {'; '.join(self.progress.refusals)}."
+            hint = f"{hint} {ignored}".strip()
         self.report = Report(level or ("INFO" if ok else "ERROR"), message, hint, keep_note)
         self.cleanup(success=ok, failed=not ok)
 

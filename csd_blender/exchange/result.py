@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import protocol
+from .engine_output import EngineOutputError, clean_text, output_folder, read_json_object, resolve_inside, \
+    result_outputs
 
 # What to do, per kind of failure; the engine's own hint (when it gives one) comes first.
 ADVICE = {
@@ -31,25 +32,9 @@ ADVICE = {
     "no_engine": "Set the engine Python in the add-on's preferences, or click 'Set up engine'.",
     "no_result": "The engine finished without a usable result. Try again with 'Keep job folders' on "
                  "and look at the engine log.",
+    "bad_output": "Your scene is unchanged. The extension and the engine may not match: update both; if it "
+                  "keeps happening, turn on 'Keep job folders' in the preferences and report the job folder.",
 }
-
-
-class UnsafePathError(ValueError):
-    """A path named by the engine points outside the folder it must stay in."""
-
-
-def resolve_inside(base: Path, relative: str) -> Path:
-    """``base / relative``, refusing absolute paths and anything that escapes ``base``."""
-    if not isinstance(relative, str) or not relative:
-        raise UnsafePathError(f"not a file name: {relative!r}")
-    rel = Path(relative)
-    if rel.is_absolute() or rel.drive:
-        raise UnsafePathError(f"absolute path refused: {relative}")
-    base_real = Path(os.path.realpath(base))
-    target = Path(os.path.realpath(base_real / rel))
-    if target != base_real and base_real not in target.parents:
-        raise UnsafePathError(f"path outside the job folder refused: {relative}")
-    return target
 
 
 @dataclass
@@ -98,13 +83,14 @@ def _log_tail(log_path: Path | None, limit: int = 4000) -> str:
 
 
 def read_result(job_dir: Path, output: str = protocol.OUTPUT_DIR) -> dict | None:
-    path = Path(job_dir) / output / protocol.RESULT_FILE
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """result.json, or None when the engine wrote none; EngineOutputError when it cannot be used."""
+    out_dir = output_folder(job_dir, output)
+    return read_json_object(resolve_inside(out_dir, protocol.RESULT_FILE), "result.json")
+
+
+def _refused(exc: EngineOutputError, returncode: int | None) -> Outcome:
+    return Outcome("error", "bad_output", f"The engine's output was refused: {exc}.", ADVICE["bad_output"],
+                   returncode)
 
 
 def interpret(job_dir: Path, returncode: int | None, *, cancel_requested: bool = False,
@@ -112,26 +98,24 @@ def interpret(job_dir: Path, returncode: int | None, *, cancel_requested: bool =
               last_error_event: dict | None = None) -> Outcome:
     """Combine the exit code, result.json and the engine log into an Outcome."""
     job_dir = Path(job_dir)
-    out_dir = job_dir / output
-    result = read_result(job_dir, output)
+    refusal = None
+    try:
+        result = read_result(job_dir, output)
+    except EngineOutputError as exc:
+        result, refusal = None, exc
     status = result.get("status") if result else None
 
     if cancel_requested and (status in (None, "cancelled") or returncode == protocol.EXIT_CANCELLED
                              or (returncode is not None and returncode < 0)):
         return Outcome("cancelled", "cancelled", "Cancelled.", "", returncode, result=result or {})
+    if refusal is not None:
+        return _refused(refusal, returncode)
 
     if status == "ok" and returncode in (0, None):
-        outputs = {}
-        raw = result.get("outputs") or {}
-        if not isinstance(raw, dict):
-            raw = {}
-        for name, rel in raw.items():
-            try:
-                path = resolve_inside(out_dir, rel)
-            except UnsafePathError:
-                continue  # only files inside the job folder are ever read back
-            if path.is_file() or path.is_dir():
-                outputs[name] = path
+        try:
+            outputs = result_outputs(output_folder(job_dir, output), result.get("outputs"))
+        except EngineOutputError as exc:
+            return _refused(exc, returncode)
         return Outcome("ok", "", "Done.", "", returncode, outputs=outputs, result=result)
 
     if status == "cancelled" or returncode == protocol.EXIT_CANCELLED:
@@ -141,12 +125,12 @@ def interpret(job_dir: Path, returncode: int | None, *, cancel_requested: bool =
     error = (result or {}).get("error") if result else None
     if not isinstance(error, dict):
         error = last_error_event if isinstance(last_error_event, dict) else None
-    if isinstance(error, dict) and error.get("message"):
-        kind = str(error.get("kind") or protocol.EXIT_KINDS.get(returncode or 1, "engine_error"))
-        hint = str(error.get("hint") or "") or ADVICE.get(kind, "")
+    if isinstance(error, dict) and clean_text(error.get("message")).strip():
+        kind = clean_text(error.get("kind"), 40) or protocol.EXIT_KINDS.get(returncode or 1, "engine_error")
+        hint = clean_text(error.get("hint")) or ADVICE.get(kind, "")
         if kind == "out_of_memory" and ADVICE["out_of_memory"] not in hint:
             hint = (hint + " " + ADVICE["out_of_memory"]).strip()
-        return Outcome("error", kind, str(error["message"]).strip(), hint, returncode, result=result or {})
+        return Outcome("error", kind, clean_text(error["message"]).strip(), hint, returncode, result=result or {})
 
     log = _log_tail(log_path)
     if "No module named 'torch'" in log or 'No module named "torch"' in log:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..errors import BadInputError
 from ..files import to_uint8
+from ..job.progress import CancelToken
 from ..mesh.types import TriangleMesh
 from ..render.rasterize import interpolate, rasterize_uv
 
@@ -42,11 +43,13 @@ class BakeResult:
 
 
 def bake_texture(mesh_unit: TriangleMesh, query_albedo: AlbedoField, size: int,
-                 device: torch.device | str = "cpu", supersample: int = 1) -> BakeResult:
+                 device: torch.device | str = "cpu", supersample: int = 1,
+                 cancel: CancelToken | None = None) -> BakeResult:
     """Bake `query_albedo` ((N, 3) unit-box points -> (N, 3) colours in [0, 1]) into a size x size texture.
 
     With supersample s, s x s samples per texel are averaged over the part of the texel that a
     triangle covers, which anti-aliases the field and fills texels an island only partly covers.
+    `cancel` is checked between chunks of field queries (a large texture takes seconds of them).
     """
     if mesh_unit.corner_uvs is None:
         raise ValueError("bake_texture needs a mesh with corner_uvs (run ensure_uvs first)")
@@ -61,7 +64,8 @@ def bake_texture(mesh_unit: TriangleMesh, query_albedo: AlbedoField, size: int,
         rast = rasterize_uv(corner_uvs, samples, samples)
         sample_covered = rast.mask[0]
         points = interpolate(positions, rast, triangles)[0][sample_covered]
-        colours = torch.cat([query_albedo(chunk).float() for chunk in points.split(QUERY_CHUNK)]).clamp(0.0, 1.0)
+        colours = torch.cat([_query_chunk(query_albedo, chunk, cancel)
+                             for chunk in points.split(QUERY_CHUNK)]).clamp(0.0, 1.0)
         sample_colours = torch.zeros(samples, samples, 3, dtype=torch.float32, device=device)
         sample_colours[sample_covered] = colours
         # Box-filter each texel's covered samples; a texel is covered if any of its samples is.
@@ -75,6 +79,12 @@ def bake_texture(mesh_unit: TriangleMesh, query_albedo: AlbedoField, size: int,
                             "Re-unwrap the mesh (--reunwrap) or use a larger texture size.")
     padded = pad_texture(image.cpu().numpy(), covered_np)
     return BakeResult(to_uint8(padded), covered_np)
+
+
+def _query_chunk(query_albedo: AlbedoField, points: Tensor, cancel: CancelToken | None) -> Tensor:
+    if cancel is not None:
+        cancel.check()
+    return query_albedo(points).float()
 
 
 def pad_texture(image: np.ndarray, covered: np.ndarray) -> np.ndarray:

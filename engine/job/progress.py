@@ -3,8 +3,9 @@
 Each event goes to stdout as one JSON line and, for jobs started by the add-on, is appended
 to JOB_DIR/progress.jsonl. When stderr is a terminal a human progress bar is drawn there.
 SIGINT, SIGTERM or a `cancel` file in the job folder stop the job: the signal handler raises
-`Cancelled` at once (within the current tensor operation), except inside `critical()`
-sections that finish writing outputs, where the request waits for the next `check()`.
+`Cancelled` at once (within the current tensor operation), except inside short `critical()`
+sections, which raise it as they end. A signal during start-up is held until a job's token
+takes it up (`hold_cancel_requests`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ from typing import Any, Iterator
 
 from ..errors import Cancelled
 
+# About when this process started (this module is among the first the engine imports): files
+# older than this belong to earlier runs.
+PROCESS_START = time.time()
+
 
 class ProgressReporter:
     def __init__(self, jsonl_path: Path | None = None, to_stdout: bool = True, human: bool | None = None):
         self.jsonl_path = jsonl_path
+        self._log_mode = "w"  # each run starts a fresh log; its later events are appended
         self.to_stdout = to_stdout
         self.human = sys.stderr.isatty() if human is None else human
         self.start_time = time.monotonic()
@@ -40,8 +46,9 @@ class ProgressReporter:
         if self.to_stdout:
             print(line, flush=True)
         if self.jsonl_path is not None:
-            with open(self.jsonl_path, "a", encoding="utf-8") as handle:
+            with open(self.jsonl_path, self._log_mode, encoding="utf-8") as handle:
                 handle.write(line + "\n")
+            self._log_mode = "a"
         if self.human and event == "stage":
             sys.stderr.write(f"\n{fields.get('name', '')}...\n")
 
@@ -106,18 +113,42 @@ def format_bytes(count: int) -> str:
     return f"{count} B"
 
 
+# A cancel that came while the engine was starting, before any CancelToken had its handlers in place.
+_held_cancel = False
+
+
+def hold_cancel_requests() -> None:
+    """From the engine's first line on, SIGINT/SIGTERM are recorded instead of ending the process with
+    a traceback and no result; the next CancelToken to install its handlers takes the request up."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _hold_cancel)
+
+
+def _hold_cancel(signum, frame) -> None:
+    global _held_cancel
+    _held_cancel = True
+
+
 class CancelToken:
     """Set by SIGINT/SIGTERM or by a cancel file; pipelines call `check()` between steps."""
 
     def __init__(self, cancel_file: Path | None = None):
         self.cancel_file = cancel_file
+        # A cancel file older than this process was left by an earlier run (one killed, or cancelled
+        # after it ended): it does not cancel this run. One written or rewritten since still does.
+        self._stale_cancel = _signature(cancel_file) if _written_before_start(cancel_file) else None
         self.requested = False
         self._critical_depth = 0
         self._previous_handlers: dict[int, Any] = {}
 
     def install_signal_handlers(self) -> None:
+        """From now on a signal cancels; one held since start-up makes the next `check()` cancel."""
+        global _held_cancel
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+        if _held_cancel:
+            _held_cancel = False
+            self.requested = True
 
     def restore_signal_handlers(self) -> None:
         for sig, handler in self._previous_handlers.items():
@@ -130,16 +161,35 @@ class CancelToken:
             raise Cancelled()
 
     def check(self) -> None:
-        if not self.requested and self.cancel_file is not None and self.cancel_file.exists():
+        if not self.requested and self.cancel_file is not None and self.cancel_file.exists() \
+                and _signature(self.cancel_file) != self._stale_cancel:
             self.requested = True
         if self.requested:
             raise Cancelled()
 
     @contextlib.contextmanager
     def critical(self) -> Iterator[None]:
-        """Finish the enclosed writes even if a signal arrives (the next `check()` then cancels)."""
+        """Finish the enclosed writes even if a signal arrives; a cancel that came meanwhile is raised
+        as the outermost section ends. Keep these sections short: a cancel waits for them."""
         self._critical_depth += 1
         try:
             yield
         finally:
             self._critical_depth -= 1
+        if self._critical_depth == 0 and self.requested:
+            raise Cancelled()
+
+
+def _signature(path: Path | None) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except (AttributeError, OSError):
+        return None
+    return status.st_ino, status.st_mtime_ns
+
+
+def _written_before_start(path: Path | None) -> bool:
+    try:
+        return path.stat().st_mtime < PROCESS_START
+    except (AttributeError, OSError):
+        return False

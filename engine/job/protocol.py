@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobFileError
+from .paths import inside_folder
 
 PROTOCOL_VERSION = 1
 TASKS = ("texture", "generate", "edit")
 _KNOWN_KEYS = {"protocol", "task", "mesh", "source", "output", "settings"}
+PROGRESS_LOG = "progress.jsonl"
+# A job.json the add-on writes is a few kB and 4 levels deep (settings.extra_cameras[i].matrix_world);
+# these bounds refuse crafted ones before they can exhaust memory or the parser's recursion.
+MAX_JOB_FILE_BYTES = 1_000_000
+MAX_JOB_DEPTH = 16
 
 
 @dataclass
@@ -26,36 +32,78 @@ class JobSpec:
 
     @property
     def progress_path(self) -> Path:
-        return self.job_dir / "progress.jsonl"
+        return self.job_dir / PROGRESS_LOG
 
     @property
     def cancel_path(self) -> Path:
         return self.job_dir / "cancel"
 
+    def inside(self, path: str | Path, what: str) -> Path:
+        """A file a job's settings name (relative to the job folder), as an absolute path checked
+        to be inside the job folder and reached through no link."""
+        return inside_folder(self.job_dir, path, what, JobFileError, "the job folder")
+
 
 def _inside(job_dir: Path, relative: Any, key: str) -> Path:
     if not isinstance(relative, str) or not relative.strip():
         raise JobFileError(f"job.json: {key!r} must be a non-empty relative path.", "")
-    candidate = Path(relative)
-    if candidate.is_absolute():
+    if Path(relative).is_absolute():
         raise JobFileError(f"job.json: {key!r} is an absolute path ({relative}).",
                            "Paths in job.json must be relative to the job folder.")
-    resolved = (job_dir / candidate).resolve()
-    if resolved != job_dir and job_dir not in resolved.parents:
-        raise JobFileError(f"job.json: {key!r} points outside the job folder ({relative}).",
-                           "Keep every file of a job inside its folder.")
-    return resolved
+    return inside_folder(job_dir, relative, f"job.json: {key!r}", JobFileError, "the job folder")
+
+
+def progress_log_path(job_dir: Path) -> Path | None:
+    """Where a job folder's progress events go: its progress.jsonl, unless that is a link (which
+    read_job refuses) or there is no such folder."""
+    path = Path(job_dir) / PROGRESS_LOG
+    return path if Path(job_dir).is_dir() and not path.is_symlink() else None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_job_file(path: Path) -> Any:
+    """job.json's content, within MAX_JOB_FILE_BYTES and MAX_JOB_DEPTH, strict JSON (no NaN or Infinity)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_JOB_FILE_BYTES + 1)
+    except OSError as exc:
+        raise JobFileError(f"job.json cannot be read: {exc}.", "Recreate the job from the add-on.") from exc
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise JobFileError(f"job.json is larger than {MAX_JOB_FILE_BYTES:,} bytes.",
+                           "A job file holds settings only; recreate the job from the add-on.")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise JobFileError("job.json is nested too deeply.", "Recreate the job from the add-on.") from exc
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise JobFileError(f"job.json is not valid JSON: {exc}.", "Recreate the job from the add-on.") from exc
+    if _depth(data) > MAX_JOB_DEPTH:
+        raise JobFileError(f"job.json is nested more than {MAX_JOB_DEPTH} levels deep.",
+                           "Recreate the job from the add-on.")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How many objects and lists deep `data` goes (without recursion: any depth is safe to measure)."""
+    deepest, pending = 0, [(data, 1)]
+    while pending:
+        value, level = pending.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, level)
+            pending.extend((item, level + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def read_job(job_dir: str | Path) -> JobSpec:
     job_dir = Path(job_dir).resolve()
-    path = job_dir / "job.json"
+    path = inside_folder(job_dir, "job.json", "job.json", JobFileError)
+    inside_folder(job_dir, PROGRESS_LOG, PROGRESS_LOG, JobFileError)
     if not path.is_file():
         raise JobFileError(f"No job.json in {job_dir}.", "Pass the folder the add-on wrote, containing job.json.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JobFileError(f"job.json is not valid JSON: {exc}.", "Recreate the job from the add-on.") from exc
+    data = parse_job_file(path)
     if not isinstance(data, dict):
         raise JobFileError("job.json must hold a JSON object.", "")
     version = data.get("protocol")

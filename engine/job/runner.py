@@ -13,17 +13,21 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..config import DEVICE_PATTERN
 from ..errors import BadInputError, Cancelled, DeviceError, EngineError, OutOfMemoryError
+from .outputs import RESULT_FILE, OutputFolder
 from .progress import CancelToken, ProgressReporter
 from .protocol import result_document, write_result
 
 
 @dataclass
 class JobContext:
+    # Where the pipeline writes: the run's partial folder, swapped in as `folder.path` at its end.
     output_dir: Path
     reporter: ProgressReporter
     cancel: CancelToken
     device: torch.device
+    folder: OutputFolder
     timings: dict[str, float] = field(default_factory=dict)
     # Files written so far (name -> path relative to output_dir); kept for partial results.
     outputs: dict[str, str] = field(default_factory=dict)
@@ -36,38 +40,48 @@ class JobContext:
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - start
 
+    def live_path(self, name: str) -> str:
+        """`name` (relative to output_dir) as a path relative to the published folder, for events
+        that point at a file while the run is still writing (previews)."""
+        return (self.output_dir / name).relative_to(self.folder.path).as_posix()
+
+    def carry_over(self, *names: str) -> None:
+        """A resumed run: start from these files of the previous attempt (see OutputFolder.carry_over)."""
+        self.folder.carry_over(names)
+
 
 def select_device(name: str) -> torch.device:
+    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
+        raise BadInputError(f"Unknown device {name!r}.", "Use auto, cpu, cuda or cuda:N (N a GPU number).")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"CUDA was requested but PyTorch {torch.__version__} sees no CUDA GPU.",
-                              "Use --device cpu (or auto), or install a CUDA build of PyTorch and a GPU driver.")
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"{name} does not exist: this machine has {torch.cuda.device_count()} GPU(s).",
-                              "Use --device cuda or cuda:0.")
-        return device
     if name == "cpu":
         return torch.device("cpu")
-    raise BadInputError(f"Unknown device {name!r}.", "Use auto, cpu or cuda.")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"CUDA was requested but PyTorch {torch.__version__} sees no CUDA GPU.",
+                          "Use --device cpu (or auto), or install a CUDA build of PyTorch and a GPU driver.")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"{name} does not exist: this machine has {torch.cuda.device_count()} GPU(s).",
+                          "Use --device cuda or cuda:0.")
+    return device
 
 
 def run_pipeline(task: str, settings: dict, output_dir: Path, device_name: str,
                  pipeline: Callable[[JobContext], dict[str, str]], reporter: ProgressReporter,
                  cancel: CancelToken) -> int:
-    """Run `pipeline`, always leaving result.json in output_dir (when writable); return the exit code."""
-    from ..files import ensure_output_dir
-
+    """Run `pipeline` and publish its outputs with result.json as one set in output_dir (when the
+    folder can be locked and written: engine/job/outputs.py); return the exit code."""
     start = time.monotonic()
     context: JobContext | None = None
     status, error, code = "ok", None, 0
+    folder = OutputFolder(output_dir)
     cancel.install_signal_handlers()
     try:
-        ensure_output_dir(output_dir)
+        partial = folder.open()
         device = select_device(device_name)
-        context = JobContext(output_dir=output_dir, reporter=reporter, cancel=cancel, device=device)
+        context = JobContext(output_dir=partial, reporter=reporter, cancel=cancel, device=device,
+                             folder=folder)
         reporter.emit("started", task=task, device=str(device))
         context.outputs.update(pipeline(context))
     except Cancelled as exc:
@@ -100,9 +114,20 @@ def run_pipeline(task: str, settings: dict, output_dir: Path, device_name: str,
         print(f"error: {error['message']}", file=sys.stderr)
         if error.get("hint"):
             print(f"hint: {error['hint']}", file=sys.stderr)
-    try:
-        path = write_result(output_dir, result_document(task, status, outputs, settings, timings, error, extra))
-        reporter.emit("finished", status=status, result=str(path))
-    except (OSError, EngineError):
-        reporter.emit("finished", status=status, result=None)
+    result = None
+    if folder.is_open and error is not None and not outputs and folder.holds_finished_set():
+        # A run that failed before it wrote anything (bad input, a missing model, the edit that
+        # would overwrite its own source) leaves a finished run's set exactly as it was.
+        reporter.emit("warning", message=f"The earlier results in {folder.path} were kept as they were.")
+        folder.close()
+    if folder.is_open:
+        try:
+            write_result(folder.partial, result_document(task, status, outputs, settings, timings, error, extra))
+            folder.publish()
+            result = str(folder.path / RESULT_FILE)
+        except (OSError, EngineError):
+            pass  # the earlier set stays whole; the events and the exit code tell what happened
+        finally:
+            folder.close()
+    reporter.emit("finished", status=status, result=result)
     return code

@@ -6,8 +6,12 @@ axis; `Normalization` maps them into the engine's Z-up unit box and back.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import trimesh
@@ -23,6 +27,13 @@ UP_AXES = ("Y", "Z")
 # frame (often Blender's Z-up); reading it back keeps that frame instead of assuming Y-up.
 OBJ_UP_AXIS_COMMENT = "# up_axis "
 _OBJ_HEADER_LINES = 20
+
+# The largest base-colour texture read from a mesh file: 16,384 x 16,384 pixels (268 M; 805 MB
+# decoded). Pillow's own decompression-bomb guard (89 M pixels, about 9,500 x 9,500) would make
+# the mesh reader drop a bigger texture without a word; this limit replaces it only while a mesh
+# file is read, and a texture over it is refused with a message naming it.
+MAX_TEXTURE_SIDE = 16_384
+MAX_TEXTURE_PIXELS = MAX_TEXTURE_SIDE ** 2
 
 _EXPORT_HINT = "Export the object from Blender as .obj, .glb or .ply (File > Export) and try again."
 
@@ -112,16 +123,59 @@ def _load_with_trimesh(path: Path, want_texture: bool) -> tuple[TriangleMesh, np
         # process=False keeps faces as written (no merging, no reordering, no dropped faces;
         # validate_mesh decides what to drop). maintain_order is left off: with it trimesh 5
         # loses the UVs of OBJ files that have UV seams.
-        scene = trimesh.load_scene(str(path), process=False)
+        with _texture_size_limit() as refused:
+            scene = trimesh.load_scene(str(path), process=False)
         # Bakes every node's transform into copies of its geometry, so instanced parts land in place.
         parts = [part for part in scene.dump() if isinstance(part, trimesh.Trimesh) and len(part.faces) > 0]
     except Exception as error:  # noqa: BLE001 - any parser failure on a user's file is a bad input
         raise BadInputError(f"Cannot read {path.name}: not a valid {path.suffix.lower()} file ({_describe(error)}).",
                             f"The file may be damaged or not a mesh. {_EXPORT_HINT}") from error
+    if want_texture:
+        _refuse_large_texture(refused)
     if not parts:
         raise BadInputError(f"{path.name} has no faces (only vertices, lines or nothing).",
                             "Export a mesh object with faces (not only points, curves or empty objects).")
     return _merge_parts(parts, want_texture)
+
+
+class _RefusedImages(logging.Handler):
+    """Notes the images Pillow refused as too large: trimesh logs (at debug level) and skips them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            self.count += 1
+
+
+@contextlib.contextmanager
+def _texture_size_limit() -> Iterator[_RefusedImages]:
+    """Pillow's guard at MAX_TEXTURE_PIXELS (any image over it refused, not only those over twice
+    it) for this read only, counting the images it refuses (_refuse_large_texture says so)."""
+    logger = logging.getLogger("trimesh")
+    refused, previous_level, previous_limit = _RefusedImages(), logger.level, Image.MAX_IMAGE_PIXELS
+    logger.addHandler(refused)
+    logger.setLevel(logging.DEBUG)
+    Image.MAX_IMAGE_PIXELS = MAX_TEXTURE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield refused
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+        logger.setLevel(previous_level)
+        logger.removeHandler(refused)
+
+
+def _refuse_large_texture(refused: _RefusedImages) -> None:
+    if refused.count:
+        raise BadInputError(f"The mesh has a texture larger than {MAX_TEXTURE_SIDE:,} x {MAX_TEXTURE_SIDE:,} "
+                            "pixels, the most the engine reads.",
+                            f"Scale the texture down to at most {MAX_TEXTURE_SIDE:,} pixels a side in Blender "
+                            "(Image > Resize) and export again.")
 
 
 def _merge_parts(parts: list[trimesh.Trimesh], want_texture: bool) -> tuple[TriangleMesh, np.ndarray | None]:

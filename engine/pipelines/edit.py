@@ -24,6 +24,7 @@ A generated asset's geometry is edited (`edit_geometry`) by engine/pipelines/edi
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,10 @@ from ..errors import BadInputError
 from ..field.texture_field import TextureField, fit_field
 from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
+from ..job.paths import file_inside, read_bytes_inside
+from ..job.outputs import require_ok_result
 from ..job.runner import JobContext
+from ..job.state_files import TEXTURE_KIND, read_state
 from ..mesh.load import load_mesh, load_textured_mesh
 from ..mesh.sampling import sample_surface
 from ..mesh.types import Normalization, TriangleMesh
@@ -87,7 +91,7 @@ def run_edit(config: EditJobConfig, context: JobContext) -> dict[str, str]:
     # 1. The source: mesh, field and the settings it was made with.
     with context.timed("setup_s"):
         reporter.stage("loading source")
-        source = open_source(config, out)
+        source = open_source(config, context.folder.path)
         for warning in source.mesh.warnings:
             reporter.emit("warning", message=warning)
         texture_hint = None if source.texture is None else max(source.texture.shape[:2])
@@ -112,9 +116,9 @@ def run_edit(config: EditJobConfig, context: JobContext) -> dict[str, str]:
         # 2. The prior and the prompts, in score_distillation_loss's order [target, "", edit].
         reporter.stage("loading model")
         prior = load_prior(config.prior, device)
-        for warning in prior.warnings:  # e.g. which ControlNets `auto` picked
-            reporter.emit("warning", message=warning)
         embeddings = encode_edit_prompts(prior, config)
+        for warning in prior.warnings:  # e.g. which ControlNets `auto` picked, a prompt cut at the token limit
+            reporter.emit("warning", message=warning)
         cancel.check()
 
         # 3. The views: rasterised once, on first use; the step (eager on CPU, one CUDA graph on GPUs).
@@ -151,11 +155,14 @@ def open_source(config: EditJobConfig, out: Path) -> EditSource:
         raise BadInputError(f"The output folder is the source folder {path}; the edit would overwrite its source.",
                             "Choose another --out folder.")
     if path.is_dir():
-        if (path / "state.pt").is_file():
-            return open_state_folder(path)
+        if file_inside(path, "state.pt", "The source's state.pt") is not None:
+            source = open_state_folder(path)
+            require_ok_result(path, "The edit source")
+            return source
         for name in MESH_FILE_NAMES:
-            if (path / name).is_file():
-                return open_textured_mesh(path / name, config.up_axis, config.hash_grid)
+            mesh_path = file_inside(path, name, f"The source's {name}")
+            if mesh_path is not None:
+                return open_textured_mesh(mesh_path, config.up_axis, config.hash_grid)
         raise BadInputError(f"{path} holds no state.pt and no textured mesh ({', '.join(MESH_FILE_NAMES)}).",
                             SOURCE_HINT)
     return open_textured_mesh(path, config.up_axis, config.hash_grid)
@@ -164,19 +171,7 @@ def open_source(config: EditJobConfig, out: Path) -> EditSource:
 def open_state_folder(folder: Path) -> EditSource:
     """A texture job's output: its field continues, on its mesh.obj, in its saved frame."""
     state_path = folder / "state.pt"
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable state is a bad source
-        raise BadInputError(f"{state_path} cannot be read: {str(error).splitlines()[0][:200]}.",
-                            "The file is damaged or from another program; run the texture job again.") from error
-    if not isinstance(state, dict) or "kind" not in state:
-        raise BadInputError(f"{state_path} is not an engine state (no 'kind').", SOURCE_HINT)
-    if state["kind"] != "texture":
-        raise BadInputError(f"{state_path} holds a {state['kind']!r} state, which an edit cannot continue yet.",
-                            SOURCE_HINT)
-    missing = [key for key in ("field", "field_config", "normalization") if key not in state]
-    if missing:
-        raise BadInputError(f"{state_path} lacks {', '.join(missing)}.", "Run the texture job again.")
+    state = read_state(folder, "state.pt", TEXTURE_KIND)
     try:
         field_config = update_from_dict(HashGridConfig(), dict(state["field_config"]), "state.field_config")
         field_config.validate()
@@ -184,8 +179,8 @@ def open_state_folder(folder: Path) -> EditSource:
     except (BadInputError, KeyError, TypeError, ValueError) as error:
         raise BadInputError(f"{state_path} has an unusable field layout or frame ({error}).",
                             "Run the texture job again with this engine.") from error
-    mesh_path = folder / "mesh.obj"
-    if not mesh_path.is_file():
+    mesh_path = file_inside(folder, "mesh.obj", "The source's mesh.obj")
+    if mesh_path is None:
         raise BadInputError(f"{folder} has state.pt but no mesh.obj to put the texture on.",
                             "Pass the whole output folder of the texture job, unchanged.")
     # mesh.obj keeps the user's frame (the one the state's normalization maps from) and the
@@ -202,10 +197,25 @@ def open_state_folder(folder: Path) -> EditSource:
                             "Keep the texture job's output files together and unchanged.")
     count = user.num_triangles
     mesh = PreparedMesh(user, unit, normalization, np.arange(count), count, False, list(report.warnings))
-    corner_uvs_path = folder / "corner_uvs.npy"
-    corner_uvs = corner_uvs_path.read_bytes() if corner_uvs_path.is_file() else None
+    corner_uvs = read_bytes_inside(folder, "corner_uvs.npy", "The source's corner_uvs.npy")
+    if corner_uvs is not None:
+        check_corner_uvs(corner_uvs, folder / "corner_uvs.npy")
     settings = state.get("settings") if isinstance(state.get("settings"), dict) else {}
     return EditSource("texture_state", folder, mesh, field_config, state["field"], None, settings, corner_uvs)
+
+
+def check_corner_uvs(data: bytes, path: Path) -> None:
+    """The source's corner_uvs.npy is copied into the outputs unchanged: it must be what its name
+    says, float (F, 3, 2) per-corner UVs, and nothing else."""
+    try:
+        uvs = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise BadInputError(f"{path} is not a .npy array ({str(error).splitlines()[0][:200]}).",
+                            "Pass the texture job's output folder unchanged.") from error
+    if not isinstance(uvs, np.ndarray) or uvs.ndim != 3 or uvs.shape[1:] != (3, 2) \
+            or not np.issubdtype(uvs.dtype, np.floating):
+        raise BadInputError(f"{path} does not hold per-corner UVs (float, F x 3 x 2).",
+                            "Pass the texture job's output folder unchanged.")
 
 
 def open_textured_mesh(path: Path, up_axis: str | None, field_config: HashGridConfig) -> EditSource:

@@ -8,12 +8,13 @@ can parse and validate an edit without importing torch.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import (BUNDLED_MODEL, CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig, add_common_arguments,
-                      apply_common_arguments, update_from_dict, validate_common, validate_size)
+from ..config import (BUNDLED_MODEL, MAX_NAME_CHARS, MAX_PROMPT_CHARS, CameraConfig, GuidanceConfig, HashGridConfig,
+                      PriorConfig, add_common_arguments, apply_common_arguments, update_from_dict, validate_common,
+                      validate_count, validate_extra_cameras, validate_learning_rate, validate_size,
+                      validate_text)
 from ..errors import BadInputError, JobFileError
 
 # `prior.model` when the user names none: the model the source was made with (bundled for mesh files).
@@ -27,6 +28,7 @@ EDIT_LATENT_DEFAULTS = {"steps": 800, "render_size": 512, "texture_size": 1024, 
 # full recolouring possible while pulling back what the prompts do not ask to change
 # (docs/edit.md has the measurements). 0 turns preservation off.
 DEFAULT_PRESERVE_WEIGHT = 20.0
+MAX_PRESERVE_WEIGHT = 1e6
 # Adam steps that fit a fresh field to a mesh file's texture before the edit starts.
 DEFAULT_FIT_STEPS = 300
 
@@ -102,27 +104,30 @@ class EditJobConfig:
         if not isinstance(self.source, str) or not self.source.strip():
             raise BadInputError("No edit source given.",
                                 "Pass a texture job's output folder or a textured .glb/.obj file as SOURCE.")
+        validate_text("source", self.source, MAX_NAME_CHARS)
         if not isinstance(self.target_prompt, str) or not self.target_prompt.strip():
             raise BadInputError("The target prompt is empty.",
                                 "Describe the object as it should become, "
                                 "e.g. --target-prompt \"a blue striped sphere\".")
+        validate_text("target_prompt", self.target_prompt, MAX_PROMPT_CHARS)
         if not isinstance(self.edit_prompt, str):
             raise BadInputError("The edit prompt must be text.", "e.g. --edit-prompt \"red\".")
+        validate_text("edit_prompt", self.edit_prompt, MAX_PROMPT_CHARS)
         validate_common(self.steps if self.steps is not None else 1,
                         self.render_size if self.render_size is not None else 64, self.seed, self.device)
         if self.texture_size is not None:
             validate_size("texture_size", self.texture_size, 16, 8192)
         if self.up_axis not in (None, "Y", "Z"):
             raise BadInputError(f"up_axis must be Y or Z, got {self.up_axis!r}.", "")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise BadInputError("learning_rate must be a positive number.", "")
-        if not (self.preserve_weight >= 0 and math.isfinite(self.preserve_weight)):
-            raise BadInputError(f"preserve_weight must be a number >= 0, got {self.preserve_weight!r}.",
+        validate_learning_rate("learning_rate", self.learning_rate)
+        if not 0 <= self.preserve_weight <= MAX_PRESERVE_WEIGHT:
+            raise BadInputError(f"preserve_weight must be a number from 0 to {MAX_PRESERVE_WEIGHT:g}, "
+                                f"got {self.preserve_weight!r}.",
                                 "0 turns preservation off; larger values keep more of the source.")
-        if not isinstance(self.fit_steps, int) or self.fit_steps < 0:
-            raise BadInputError(f"fit_steps must be an integer >= 0, got {self.fit_steps!r}.", "")
-        if self.preview_every is not None and self.preview_every < 0:
-            raise BadInputError("preview_every must be >= 0 (0 turns previews off).", "")
+        validate_count("fit_steps", self.fit_steps)
+        if self.preview_every is not None:
+            validate_count("preview_every (0 turns previews off)", self.preview_every)
+        validate_extra_cameras(self.extra_cameras)
         if self.guidance.mode != "csd":
             raise BadInputError(f"Edits use CSD (paper Eq. 11), not {self.guidance.mode!r} guidance.",
                                 "Leave guidance.mode at \"csd\".")
@@ -134,8 +139,7 @@ class EditJobConfig:
     def validate_resolved(self) -> None:
         validate_common(self.steps, self.render_size, self.seed, self.device)
         validate_size("texture_size", self.texture_size, 16, 8192)
-        if self.preview_every < 0:
-            raise BadInputError("preview_every must be >= 0 (0 turns previews off).", "")
+        validate_count("preview_every (0 turns previews off)", self.preview_every)
         self.prior.validate()
 
 

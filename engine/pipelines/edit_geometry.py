@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,11 @@ from PIL import Image
 from ..bake.bake import bake_texture
 from ..config import update_from_dict
 from ..errors import BadInputError
-from ..files import atomic_write_bytes
 from ..guidance.score_distillation import score_distillation_loss
+from ..job.outputs import require_ok_result
+from ..job.paths import file_inside
 from ..job.runner import JobContext
+from ..job.state_files import STAGE2_KIND, applying_state, write_state
 from ..mesh.load import load_mesh
 from ..mesh.types import Normalization, TriangleMesh
 from ..mesh.uv import unwrap, uv_problem
@@ -43,7 +44,7 @@ from .edit import SOURCE_HINT, encode_edit_prompts, preservation_loss
 from .edit_config import EditJobConfig
 from .generate import ShapeRegulariser
 from .generate_config import RefineStageConfig
-from .texture import PreparedMesh, export_textured_mesh, optimise, save_corner_uvs, save_state
+from .texture import PreparedMesh, export_textured_mesh, optimise, save_corner_uvs, save_state, warning_event
 
 STAGE2_STATE = "stage2.pt"  # engine/pipelines/generate.py's name for the refinement stage's state
 
@@ -69,7 +70,7 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
     # 1. The source: the refined mesh with its offsets and albedo field.
     with context.timed("setup_s"):
         reporter.stage("loading source")
-        asset = open_generated_asset(Path(config.source), out)
+        asset = open_generated_asset(Path(config.source), context.folder.path)
         for warning in asset.warnings:
             reporter.emit("warning", message=warning)
         settings = asset.state.get("settings", {})
@@ -131,11 +132,11 @@ def run_geometry_edit(config: EditJobConfig, context: JobContext) -> dict[str, s
         with torch.no_grad():
             unit_positions = mesh.positions().cpu().numpy()
             moved = float((mesh.positions() - source_mesh.positions()).norm(dim=-1).mean())
-        prepared = export_mesh(asset, unit_positions, config.texture_size)
-        baked = bake_texture(prepared.unit, lambda p: mesh.texture(p), config.texture_size, device)
+        prepared = export_mesh(asset, unit_positions, config.texture_size, context)
+        baked = bake_texture(prepared.unit, lambda p: mesh.texture(p), config.texture_size, device, cancel=cancel)
     reporter.stage("exporting")
-    with context.timed("export_s"), cancel.critical():
-        outputs = export_textured_mesh(out, prepared, baked.image)
+    with context.timed("export_s"):
+        outputs = export_textured_mesh(out, prepared, baked.image, cancel)
         outputs["state"] = save_state(out, mesh.texture, config, prepared)
         outputs["state_stage2"] = save_stage2_state(out, asset, mesh, optimizer, generator)
         outputs["corner_uvs"] = save_corner_uvs(out, prepared)
@@ -163,13 +164,16 @@ def open_generated_asset(path: Path, out: Path) -> GeneratedAsset:
     if not state.get("complete", False):
         raise BadInputError(f"{state_path} is from an unfinished refinement stage.",
                             "Finish the generate job first (python -m engine generate ... --resume).")
+    require_ok_result(path, "The edit source")
     # The export put the asset back on the ground; that frame is kept so the edit lands in place.
-    normalization = Normalization.from_dict(state["export_normalization"]) if "export_normalization" in state \
-        else ground_normalization(stage2_normalization, mesh.positions().detach().cpu().numpy())
+    with applying_state(state_path):
+        normalization = Normalization.from_dict(state["export_normalization"]) if "export_normalization" in state \
+            else ground_normalization(stage2_normalization, mesh.positions().detach().cpu().numpy())
     corner_uvs, warnings = exported_uv_layout(path, mesh, normalization)
     texture_size = None
-    if (path / "texture.png").is_file():
-        with Image.open(path / "texture.png") as image:
+    texture_path = file_inside(path, "texture.png", "The source's texture.png")
+    if texture_path is not None:
+        with Image.open(texture_path) as image:
             texture_size = max(image.size)
     return GeneratedAsset(path, mesh, state, normalization, corner_uvs, texture_size, warnings)
 
@@ -182,8 +186,8 @@ def ground_normalization(normalization: Normalization, unit_positions: np.ndarra
 
 def exported_uv_layout(folder: Path, mesh, normalization: Normalization) -> tuple[np.ndarray | None, list[str]]:
     """The corner UVs of the source's mesh.obj, if it is the refined mesh triangle for triangle."""
-    obj = folder / "mesh.obj"
-    if not obj.is_file():
+    obj = file_inside(folder, "mesh.obj", "The source's mesh.obj")
+    if obj is None:
         return None, [f"{folder} has no mesh.obj; the edited asset gets a new UV layout."]
     exported, _ = load_mesh(obj, "Z")
     triangles = mesh.triangles.cpu().numpy()
@@ -195,12 +199,13 @@ def exported_uv_layout(folder: Path, mesh, normalization: Normalization) -> tupl
     return exported.corner_uvs, []
 
 
-def export_mesh(asset: GeneratedAsset, unit_positions: np.ndarray, texture_size: int) -> PreparedMesh:
+def export_mesh(asset: GeneratedAsset, unit_positions: np.ndarray, texture_size: int,
+                context: JobContext) -> PreparedMesh:
     triangles = asset.mesh.triangles.cpu().numpy()
     unit = TriangleMesh(unit_positions, triangles, asset.corner_uvs)
     unwrapped = asset.corner_uvs is None
     if unwrapped:
-        unit = unwrap(unit, texture_size)
+        unit = unwrap(unit, texture_size, context.cancel, warning_event(context))
     user = TriangleMesh(asset.normalization.from_unit(unit.positions), unit.triangles, unit.corner_uvs)
     count = unit.num_triangles
     return PreparedMesh(user, unit, asset.normalization, np.arange(count), count, unwrapped, [])
@@ -212,8 +217,6 @@ def save_stage2_state(out: Path, asset: GeneratedAsset, mesh, optimizer: torch.o
     state = dict(asset.state)
     state.update(model=mesh.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state(),
                  export_normalization=asset.normalization.to_dict())
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(out / STAGE2_STATE, buffer.getvalue())
+    write_state(out / STAGE2_STATE, STAGE2_KIND, state)
     return STAGE2_STATE
 

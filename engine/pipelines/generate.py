@@ -24,7 +24,6 @@ Each stage saves its state every `checkpoint_every` steps, at its end, and when 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,11 @@ from ..bake.bake import bake_texture
 from ..config import HashGridConfig, to_dict, update_from_dict
 from ..errors import BadInputError, Cancelled, EngineError
 from ..field.texture_field import fit_field
-from ..files import atomic_save_image, atomic_write, atomic_write_bytes
+from ..files import atomic_save_image
 from ..guidance.score_distillation import score_distillation_loss
 from ..job.runner import JobContext
+from ..job.state_files import (STAGE1_KIND, STAGE2_KIND, TEXTURE_KIND, applying_state, read_state,
+                               write_state)
 from ..mesh.extract import ExtractionReport, Placement, extract_mesh, fit_placement
 from ..mesh.sampling import sample_surface
 from ..mesh.types import Normalization, TriangleMesh
@@ -61,11 +62,10 @@ from ..render.cameras import Cameras, orbit_cameras, sample_cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import sample_backgrounds, sample_lighting, shade
 from .generate_config import GenerateJobConfig, NerfStageConfig, RefineStageConfig, save_config
-from .texture import PreparedMesh, export_textured_mesh
+from .texture import PreparedMesh, export_textured_mesh, warning_event
 
 STAGE1_STATE = "stage1.pt"
 STAGE2_STATE = "stage2.pt"
-STATE_VERSION = 1
 PREVIEW_SIZE = 128
 SURFACE_COLOUR_SAMPLES = 1 << 16
 SURFACE_LOOK_BACK = 0.25  # where the colour rays start outside the surface, as a share of the NeRF's bound
@@ -86,13 +86,17 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
     outputs = context.outputs  # filled as files appear, so a cancelled run reports its partial state
     torch.manual_seed(config.seed)
     outputs["config"] = save_config(config, out)
-    stage1_path = Path(config.stage1_state) if config.stage1_state else out / STAGE1_STATE
     run_stage1 = config.stages in ("all", "1")
     run_stage2 = config.stages in ("all", "2")
+    if config.resume or not run_stage1:
+        # The run writes a fresh folder (engine/job/outputs.py): it continues the previous attempt's states.
+        context.carry_over(STAGE1_STATE, STAGE2_STATE)
+    stage1_path = stage1_state_path(config, out)
     total = (config.stage1.steps if run_stage1 else 0) + (config.stage2.steps if run_stage2 else 0)
 
     # 1. Stage 1: the NeRF.
-    stage1_done = _read_state(stage1_path) if (config.resume or not run_stage1) else None
+    stage1_done = (read_state(stage1_path.parent, stage1_path.name, STAGE1_KIND)
+                   if (config.resume or not run_stage1) else None)
     if not run_stage1 and (stage1_done is None or not stage1_done.get("complete")):
         raise BadInputError(f"Stage 2 needs a finished stage-1 state; {stage1_path} is missing or incomplete.",
                             "Run stage 1 first (--stages 1 or all), or pass --stage1-state.")
@@ -100,12 +104,13 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
         if run_stage1 and not (stage1_done and stage1_done["step"] >= config.stage1.steps):
             nerf = optimise_nerf(config, context, stage1_done, Progress(0, total))
         else:
-            nerf = nerf_from_state(stage1_done, device)
+            with applying_state(stage1_path):
+                nerf = nerf_from_state(stage1_done, device)
     if run_stage1:
         outputs["state_stage1"] = STAGE1_STATE
 
     # 2. Density -> mesh, placed in the world, and its unit-box twin.
-    stage2_done = _read_state(out / STAGE2_STATE) if config.resume and run_stage2 else None
+    stage2_done = read_state(out, STAGE2_STATE, STAGE2_KIND) if config.resume and run_stage2 else None
     if stage2_done is None:
         reporter.stage("extracting mesh")
         with context.timed("extract_s"):
@@ -117,8 +122,9 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
         normalization = Normalization.fit(world.positions, "Z")
         unit = world.with_positions(normalization.to_unit(world.positions))
     else:
-        placement = Placement.from_dict(stage2_done["placement"])
-        normalization = Normalization.from_dict(stage2_done["normalization"])
+        with applying_state(out / STAGE2_STATE):
+            placement = Placement.from_dict(stage2_done["placement"])
+            normalization = Normalization.from_dict(stage2_done["normalization"])
         unit = None  # the refinable mesh comes from the state
     context.cancel.check()
 
@@ -153,6 +159,11 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
 # Stage 1: NeRF
 # ------------------------------------------------------------------------------------------------
 
+def stage1_state_path(config: GenerateJobConfig, out: Path) -> Path:
+    """The stage-1 state a run reads: the one it was given, else the one in its output folder."""
+    return Path(config.stage1_state) if config.stage1_state else out / STAGE1_STATE
+
+
 def build_nerf(stage: NerfStageConfig, seed: int, device: torch.device) -> NerfModel:
     field = NerfField(stage.hash_grid, stage.bound, stage.density_blob_scale, stage.density_blob_std, seed,
                       use_tcnn=device.type == "cuda")
@@ -164,6 +175,7 @@ def build_nerf(stage: NerfStageConfig, seed: int, device: torch.device) -> NerfM
 def nerf_from_state(state: dict, device: torch.device) -> NerfModel:
     """The NeRF of a saved stage-1 state, built with the settings it was trained with."""
     stage = update_from_dict(NerfStageConfig(), state["settings"])
+    stage.validate()  # the state's own settings size the NeRF: held to the same bounds as a job's
     model = build_nerf(stage, 0, device)
     model.load_state_dict(state["model"])
     return model
@@ -212,14 +224,17 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
             reporter.emit("warning", message=f"{stage.prior.model} is a latent model; the NeRF stage is meant for "
                                              "a pixel-space prior (DeepFloyd IF stage I or the bundled prior).")
         embeddings = encode_nerf_prompts(prior, config, view_prompts)
+        for warning in prior.warnings:  # e.g. a prompt cut at the text encoder's token limit
+            reporter.emit("warning", message=warning)
         model = build_nerf(stage, config.seed, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=stage.learning_rate, eps=1e-15)
     start = 0
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        generator.set_state(resume_state["generator"])
-        start = int(resume_state["step"])
+        with applying_state(stage1_state_path(config, context.output_dir)):
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            generator.set_state(resume_state["generator"])
+        start = resume_state["step"]
         reporter.emit("resumed", stage=1, step=start)
     if start >= stage.steps:
         return model
@@ -287,8 +302,8 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
 
 def save_nerf_state(context: JobContext, model: NerfModel, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, step: int, config: GenerateJobConfig) -> None:
-    _write_state(context.output_dir / STAGE1_STATE, {
-        "kind": "generate-stage1", "version": STATE_VERSION, "step": step, "complete": step >= config.stage1.steps,
+    write_state(context.output_dir / STAGE1_STATE, STAGE1_KIND, {
+        "step": step, "complete": step >= config.stage1.steps,
         "prompt": config.prompt, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(), "settings": to_dict(config.stage1)})
     context.outputs["state_stage1"] = STAGE1_STATE
@@ -364,9 +379,12 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
         encoder = FastVaeEncoder(prior)
         embeddings = prior.encode_prompts([config.prompt, "", config.negative_prompt])
         prior.release_text_encoder()
+        for warning in prior.warnings:
+            reporter.emit("warning", message=warning)
         if resume_state is not None:
-            buffers = resume_state["model"]
-            unit = TriangleMesh(buffers["base"].cpu().numpy(), buffers["triangles"].cpu().numpy())
+            with applying_state(context.output_dir / STAGE2_STATE):
+                buffers = resume_state["model"]
+                unit = TriangleMesh(buffers["base"].cpu().numpy(), buffers["triangles"].cpu().numpy())
         mesh = RefinableMesh(unit.positions, unit.triangles, stage.hash_grid, config.seed).to(device)
         if resume_state is None and start_colours is not None and stage.start_fit_steps:
             rmse = fit_field(mesh.texture, *start_colours, stage.start_fit_steps, generator, cancel)
@@ -381,10 +399,11 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
                                          f"stage 2 renders at {size} instead of {stage.render_size}.")
     start = 0
     if resume_state is not None:
-        mesh.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        generator.set_state(resume_state["generator"])
-        start = int(resume_state["step"])
+        with applying_state(context.output_dir / STAGE2_STATE):
+            mesh.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            generator.set_state(resume_state["generator"])
+        start = resume_state["step"]
         reporter.emit("resumed", stage=2, step=start)
     extra = {"placement": placement.to_dict(), "normalization": normalization.to_dict()}
     if start >= stage.steps:
@@ -466,8 +485,8 @@ def render_mesh_geometry(view: GBuffer, mode: str, lighting, background: torch.T
 
 def save_mesh_state(context: JobContext, mesh: RefinableMesh, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, step: int, config: GenerateJobConfig, extra: dict) -> None:
-    _write_state(context.output_dir / STAGE2_STATE, {
-        "kind": "generate-stage2", "version": STATE_VERSION, "step": step, "complete": step >= config.stage2.steps,
+    write_state(context.output_dir / STAGE2_STATE, STAGE2_KIND, {
+        "step": step, "complete": step >= config.stage2.steps,
         "prompt": config.prompt, "model": mesh.state_dict(), "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(), "settings": to_dict(config.stage2), **extra})
     context.outputs["state_stage2"] = STAGE2_STATE
@@ -487,15 +506,18 @@ def render_mesh_preview(mesh: RefinableMesh, device: torch.device) -> np.ndarray
 def load_stage2_mesh(path: str | Path, device: torch.device | str = "cpu"
                      ) -> tuple[RefinableMesh, Normalization, Placement, dict]:
     """A saved stage-2 state as a RefinableMesh (unit box) plus its frames, e.g. for an edit job."""
-    state = _read_state(Path(path))
-    if state is None or state.get("kind") != "generate-stage2":
+    path = Path(path)
+    state = read_state(path.parent, path.name, STAGE2_KIND)
+    if state is None:
         raise BadInputError(f"{path} is not a generate job's stage-2 state.", "Pass the stage2.pt of a generate run.")
-    hash_grid = update_from_dict(HashGridConfig(), state["settings"]["hash_grid"])
-    buffers = state["model"]
-    mesh = RefinableMesh(buffers["base"].numpy(), buffers["triangles"].numpy(), hash_grid)
-    mesh.load_state_dict(buffers)
-    return (mesh.to(device), Normalization.from_dict(state["normalization"]), Placement.from_dict(state["placement"]),
-            state)
+    with applying_state(path):
+        hash_grid = update_from_dict(HashGridConfig(), dict(state["settings"]["hash_grid"]), "state.hash_grid")
+        hash_grid.validate()
+        buffers = state["model"]
+        mesh = RefinableMesh(buffers["base"].numpy(), buffers["triangles"].numpy(), hash_grid)
+        mesh.load_state_dict(buffers)
+        frames = Normalization.from_dict(state["normalization"]), Placement.from_dict(state["placement"])
+    return mesh.to(device), *frames, state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -508,18 +530,18 @@ def export_asset(out: Path, unit: TriangleMesh, normalization: Normalization, al
     reporter, device = context.reporter, context.device
     reporter.stage("unwrapping")
     with context.timed("unwrap_s"):
-        unit = unwrap(unit, config.texture_size)
+        unit = unwrap(unit, config.texture_size, context.cancel, warning_event(context))
     context.cancel.check()
     reporter.stage("baking")
     with context.timed("bake_s"), torch.no_grad():
-        baked = bake_texture(unit, albedo, config.texture_size, device)
+        baked = bake_texture(unit, albedo, config.texture_size, device, cancel=context.cancel)
     user = TriangleMesh(normalization.from_unit(unit.positions), unit.triangles, unit.corner_uvs)
     prepared = PreparedMesh(user=user, unit=unit, normalization=normalization,
                             kept_triangles=np.arange(unit.num_triangles), input_triangles=unit.num_triangles,
                             unwrapped=True, warnings=[])
     reporter.stage("exporting")
-    with context.timed("export_s"), context.cancel.critical():
-        outputs = export_textured_mesh(out, prepared, baked.image)
+    with context.timed("export_s"):
+        outputs = export_textured_mesh(out, prepared, baked.image, context.cancel)
         if texture_field is not None:
             outputs["state"] = save_texture_state(out, texture_field, config, normalization)
     reporter.emit("summary", coverage=round(float(baked.coverage), 4), triangles=unit.num_triangles,
@@ -529,10 +551,9 @@ def export_asset(out: Path, unit: TriangleMesh, normalization: Normalization, al
 
 def save_texture_state(out: Path, field, config: GenerateJobConfig, normalization: Normalization) -> str:
     """The refined albedo field in the texture job's state format, so an edit job can continue it."""
-    buffer = io.BytesIO()
-    torch.save({"kind": "texture", "field": field.state_dict(), "field_config": to_dict(config.stage2.hash_grid),
-                "normalization": normalization.to_dict(), "settings": to_dict(config)}, buffer)
-    atomic_write_bytes(out / "state.pt", buffer.getvalue())
+    write_state(out / "state.pt", TEXTURE_KIND, {
+        "field": field.state_dict(), "field_config": to_dict(config.stage2.hash_grid),
+        "normalization": normalization.to_dict(), "settings": to_dict(config)})
     return "state.pt"
 
 
@@ -541,7 +562,7 @@ def write_preview(context: JobContext, image: np.ndarray, step: int) -> None:
     previews.mkdir(exist_ok=True)
     name = f"previews/view_{step:06d}.png"
     atomic_save_image(context.output_dir / name, image)
-    context.reporter.emit("preview", step=step, path=name, view=name)
+    context.reporter.emit("preview", step=step, path=context.live_path(name), view=context.live_path(name))
 
 
 def speed_up_unet(prior: DiffusionPrior, compile: bool) -> None:
@@ -554,21 +575,6 @@ def speed_up_unet(prior: DiffusionPrior, compile: bool) -> None:
         prior.unet = torch.compile(prior.unet, mode="reduce-overhead")
     else:
         use_cuda_graphs(prior)
-
-
-def _write_state(path: Path, state: dict) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _read_state(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - a damaged state file is a user-facing problem
-        raise BadInputError(f"Cannot read the saved state {path}: {error}.",
-                            "Delete it to start that stage again, or start a new run.") from error
 
 
 def _check_finite(loss: torch.Tensor, step: int, stage: str) -> None:

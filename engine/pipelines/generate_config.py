@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import (BUNDLED_MODEL, DEFAULT_NEGATIVE_PROMPT, CameraConfig, GuidanceConfig, HashGridConfig,
-                      PriorConfig, to_dict, update_from_dict, validate_common, validate_prompt, validate_size)
+from ..config import (BUNDLED_MODEL, DEFAULT_NEGATIVE_PROMPT, MAX_NAME_CHARS, MAX_PROMPT_CHARS,
+                      CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig, to_dict, update_from_dict,
+                      validate_common, validate_count, validate_learning_rate, validate_prompt, validate_size,
+                      validate_text)
 from ..errors import BadInputError
+from ..job.outputs import attempts
+from ..job.paths import open_inside
 
 NERF_STAGE_STEPS = 10_000
 REFINE_STAGE_STEPS = 5_000
@@ -27,6 +30,8 @@ GEOMETRY_RENDERS = ("shaded", "normal_map")
 PERP_NEG_MODES = ("auto", "on", "off")
 NORMAL_CONSISTENCY_FORMS = ("cosine", "angle", "robust")  # engine/nerf/losses.normal_consistency
 # Prompts naming these have no clear front: Perp-Neg is left out under "auto" (paper A.4).
+# The largest loss weight, density scale or threshold a job may set (the released ones are at most 10,000).
+MAX_WEIGHT = 1e6
 NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", "donut", "doughnut", "ring",
                   "vase", "bowl", "cup", "mug", "plate", "planet", "orb", "pyramid", "egg", "rock", "stone",
                   "bottle", "candle", "tree", "pillar", "column", "barrel")
@@ -160,24 +165,28 @@ class NerfStageConfig:
 
     def validate(self) -> None:
         validate_common(self.steps, self.render_size, 0, "cpu")
-        _check_positive(self, "learning_rate", "bound", "density_blob_std", "normal_eps", "occupancy_threshold")
-        for name in ("batch_size", "batch_size_no_front", "samples_per_ray", "occupancy_update_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise BadInputError(f"stage1.{name} must be a positive integer.", "")
+        validate_learning_rate("stage1.learning_rate", self.learning_rate)
+        _check_positive(self, "bound", "density_blob_std", "normal_eps", "occupancy_threshold")
+        _check_weights("stage1", self, "density_blob_scale", "perp_neg_weight", "orientation_weight", "sparsity_weight")
+        validate_size("stage1.batch_size", self.batch_size, 1, 64)
+        validate_size("stage1.batch_size_no_front", self.batch_size_no_front, 1, 64)
+        validate_size("stage1.samples_per_ray", self.samples_per_ray, 1, 1024)
+        validate_count("stage1.occupancy_update_every", self.occupancy_update_every, low=1)
+        for name in ("front_back_steps", "loss_ramp_steps", "geometry_render_start"):
+            validate_count(f"stage1.{name}", getattr(self, name))
         validate_size("stage1.occupancy_resolution", self.occupancy_resolution, 8, 512)
         if self.perp_neg not in PERP_NEG_MODES:
             raise BadInputError(f"stage1.perp_neg must be one of {', '.join(PERP_NEG_MODES)}.", "")
         _check_geometry_render("stage1", self.geometry_render)
         for name in ("geometry_render_prob", "lighting_prob", "random_background_prob"):
             _check_probability(f"stage1.{name}", getattr(self, name))
-        if not isinstance(self.ambient_only_steps, int) or self.ambient_only_steps < 0:
-            raise BadInputError("stage1.ambient_only_steps must be an integer >= 0.", "")
+        validate_count("stage1.ambient_only_steps", self.ambient_only_steps)
         low, high = _pair("stage1.light_ambient", self.light_ambient)
         if not 0.0 <= low <= high <= 1.0:
             raise BadInputError(f"stage1.light_ambient must be [low, high] with 0 <= low <= high <= 1, "
                                 f"got {list(self.light_ambient)!r}.", "[0.1, 0.1] is the released light.")
-        if not (isinstance(self.light_jitter, (int, float)) and 0.0 <= self.light_jitter < math.inf):
-            raise BadInputError(f"stage1.light_jitter must be a number >= 0, got {self.light_jitter!r}.", "")
+        if not (isinstance(self.light_jitter, (int, float)) and 0.0 <= self.light_jitter <= 10.0):
+            raise BadInputError(f"stage1.light_jitter must be a number from 0 to 10, got {self.light_jitter!r}.", "")
         for name in ("view_front_deg", "view_back_deg"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 90.0):
@@ -206,6 +215,9 @@ class ExtractConfig:
         validate_size("extract.resolution", self.resolution, 16, 1024)
         validate_size("extract.target_triangles", self.target_triangles, 100, 5_000_000)
         _check_positive(self, "threshold", "size_m")
+        if not (self.threshold <= MAX_WEIGHT and self.size_m <= 1_000.0):
+            raise BadInputError(f"extract.threshold must be at most {MAX_WEIGHT:g} and extract.size_m at most "
+                                "1000 metres.", "")
         _check_probability("extract.min_component_fraction", self.min_component_fraction)
         if not (0.0 <= self.opening_radius <= 0.5):
             raise BadInputError(f"extract.opening_radius must be between 0 and 0.5, got {self.opening_radius!r}.", "")
@@ -263,22 +275,19 @@ class RefineStageConfig:
 
     def validate(self) -> None:
         validate_common(self.steps, self.render_size, 0, "cpu")
-        _check_positive(self, "learning_rate", "offset_learning_rate")
-        if not (self.offset_learning_rate_per_edge >= 0 and math.isfinite(self.offset_learning_rate_per_edge)):
-            raise BadInputError("stage2.offset_learning_rate_per_edge must be a non-negative number.", "")
+        validate_learning_rate("stage2.learning_rate", self.learning_rate)
+        validate_learning_rate("stage2.offset_learning_rate", self.offset_learning_rate)
+        if not 0.0 <= self.offset_learning_rate_per_edge <= 10.0:
+            raise BadInputError("stage2.offset_learning_rate_per_edge must be a number from 0 to 10.", "")
         if self.normal_consistency not in NORMAL_CONSISTENCY_FORMS:
             raise BadInputError(f"stage2.normal_consistency must be one of {', '.join(NORMAL_CONSISTENCY_FORMS)}.", "")
-        if not isinstance(self.start_fit_steps, int) or self.start_fit_steps < 0:
-            raise BadInputError("stage2.start_fit_steps must be an integer >= 0.", "")
-        for name in ("normal_consistency_weight", "laplacian_weight", "planar_weight"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise BadInputError(f"stage2.{name} must be a non-negative number.", "")
+        validate_count("stage2.start_fit_steps", self.start_fit_steps)
+        _check_weights("stage2", self, "normal_consistency_weight", "laplacian_weight", "planar_weight")
         if not (isinstance(self.planar_angle_deg, (int, float)) and 0 < self.planar_angle_deg < 90):
             raise BadInputError(f"stage2.planar_angle_deg must be between 0 and 90, got {self.planar_angle_deg!r}.", "")
         _check_off_or_below("stage2.planar_crease_deg", self.planar_crease_deg, 90)
         _check_off_or_below("stage2.planar_upright_deg", self.planar_upright_deg, 45)
-        if not isinstance(self.planar_every, int) or self.planar_every < 1:
-            raise BadInputError("stage2.planar_every must be a positive integer.", "")
+        validate_count("stage2.planar_every", self.planar_every, low=1)
         _check_geometry_render("stage2", self.geometry_render)
         for name in ("geometry_render_prob", "lighting_prob", "planar_min_share"):
             _check_probability(f"stage2.{name}", getattr(self, name))
@@ -328,13 +337,15 @@ class GenerateJobConfig:
 
     def validate(self) -> None:
         validate_prompt(self.prompt)
+        validate_text("negative_prompt", self.negative_prompt, MAX_PROMPT_CHARS)
         validate_common(1, 64, self.seed, self.device)
         validate_size("texture_size", self.texture_size, 16, 8192)
         for name in ("preview_every", "checkpoint_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise BadInputError(f"{name} must be an integer >= 0 (0 turns it off).", "")
+            validate_count(f"{name} (0 turns it off)", getattr(self, name))
         if self.stages not in ("all", "1", "2"):
             raise BadInputError(f"stages must be all, 1 or 2, got {self.stages!r}.", "")
+        if self.stage1_state is not None:
+            validate_text("stage1_state", self.stage1_state, MAX_NAME_CHARS)
         if self.stage1_state is not None and not Path(self.stage1_state).is_file():
             raise BadInputError(f"Stage-1 state not found: {self.stage1_state}.",
                                 "Pass the stage1.pt a previous generate run wrote.")
@@ -352,8 +363,18 @@ class GenerateJobConfig:
 def _check_positive(config, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise BadInputError(f"{name} must be a positive number, got {value!r}.", "")
+        if not (isinstance(value, (int, float)) and 0 < value <= MAX_WEIGHT):
+            raise BadInputError(f"{name} must be a positive number up to {MAX_WEIGHT:g}, got {value!r}.", "")
+
+
+def _check_weights(stage: str, config, *names: str) -> None:
+    """Loss weights and scales (or pairs of them, start and end): numbers from 0 to MAX_WEIGHT."""
+    for name in names:
+        value = getattr(config, name)
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if not (isinstance(item, (int, float)) and 0.0 <= item <= MAX_WEIGHT):
+                raise BadInputError(f"{stage}.{name} must be made of numbers from 0 to {MAX_WEIGHT:g}, "
+                                    f"got {value!r}.", "")
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -482,17 +503,30 @@ def save_config(config: GenerateJobConfig, out: Path) -> str:
     return CONFIG_FILE
 
 
+# A run's settings are a few kB; the cap keeps a crafted file from filling memory.
+MAX_SAVED_CONFIG_BYTES = 1 << 20
+
+
 def load_saved_config(folder: Path) -> GenerateJobConfig:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
+    # A run killed outright left its settings in its partial folder, not in the published set.
+    handle, path = None, folder / CONFIG_FILE
+    for attempt in attempts(folder):
+        handle, path = open_inside(attempt, CONFIG_FILE, f"The run's {CONFIG_FILE}"), attempt / CONFIG_FILE
+        if handle is not None:
+            break
+    if handle is None:
         raise BadInputError(f"Nothing to resume in {folder}: no {CONFIG_FILE}.",
                             "Pass the --out folder of an earlier generate run.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        with handle:
+            data = json.loads(handle.read(MAX_SAVED_CONFIG_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as error:
         raise BadInputError(f"{path} cannot be read: {error}.", "Start a new run instead.") from error
+    if not isinstance(data, dict) or not isinstance(data.get("prompt", ""), str):
+        raise BadInputError(f"{path} is not a generate run's settings (a JSON object with a text prompt).",
+                            "Start a new run instead.")
     data.pop("resume", None)
-    config = GenerateJobConfig(prompt=str(data.pop("prompt", "")), out=str(folder))
+    config = GenerateJobConfig(prompt=data.pop("prompt", ""), out=str(folder))
     data.pop("out", None)
     return update_from_dict(config, data)
 

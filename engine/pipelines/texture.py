@@ -26,7 +26,9 @@ from ..config import TextureJobConfig, to_dict
 from ..errors import EngineError
 from ..files import atomic_save_image, atomic_write_bytes
 from ..field.texture_field import TextureField
+from ..job.progress import CancelToken
 from ..job.runner import JobContext
+from ..job.state_files import TEXTURE_KIND, write_state
 from ..mesh.export import write_glb, write_obj
 from ..mesh.load import load_mesh
 from ..mesh.types import Normalization, TriangleMesh
@@ -52,14 +54,26 @@ class PreparedMesh:
     warnings: list[str]
 
 
-def prepare_mesh(path: str, up_axis: str | None, reunwrap: bool, texture_size: int) -> PreparedMesh:
+def prepare_mesh(path: str, up_axis: str | None, reunwrap: bool, texture_size: int,
+                 context: JobContext | None = None) -> PreparedMesh:
+    """With a job's `context`, an unwrap's warnings are its events and its cancel stops the unwrap."""
     mesh, file_up_axis = load_mesh(path, up_axis)
     mesh, report = validate_mesh(mesh)
-    mesh, unwrapped = ensure_uvs(mesh, reunwrap, texture_size)
+    if context is None:
+        mesh, unwrapped = ensure_uvs(mesh, reunwrap, texture_size)
+    else:
+        mesh, unwrapped = ensure_uvs(mesh, reunwrap, texture_size, warning_event(context), context.cancel)
     normalization = Normalization.fit(mesh.positions, file_up_axis)
     unit = mesh.with_positions(normalization.to_unit(mesh.positions))
     return PreparedMesh(mesh, unit, normalization, report.kept_triangles, report.input_triangles, unwrapped,
                         list(report.warnings))
+
+
+def warning_event(context: JobContext) -> Callable[[str], None]:
+    """A sink for warnings found while working (e.g. a slow unwrap): each becomes a warning event."""
+    def warn(message: str) -> None:
+        context.reporter.emit("warning", message=message)
+    return warn
 
 
 def encode_prompts(prior: DiffusionPrior, config: TextureJobConfig) -> torch.Tensor:
@@ -98,7 +112,7 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
     # 1. The mesh.
     with context.timed("setup_s"):
         reporter.stage("loading mesh")
-        mesh = prepare_mesh(config.mesh, config.up_axis, config.reunwrap, config.texture_size)
+        mesh = prepare_mesh(config.mesh, config.up_axis, config.reunwrap, config.texture_size, context)
         for warning in mesh.warnings:
             reporter.emit("warning", message=warning)
         # Written now so the add-on can show live previews on a mesh the engine unwrapped.
@@ -110,9 +124,9 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
         # 2. The prior and the prompts.
         reporter.stage("loading model")
         prior = load_prior(config.prior, device)
-        for warning in prior.warnings:
-            reporter.emit("warning", message=warning)
         embeddings = encode_prompts(prior, config)
+        for warning in prior.warnings:  # loading's and encoding's (a prompt cut at the token limit)
+            reporter.emit("warning", message=warning)
         cancel.check()
 
         # 3. The views: rasterised once, on first use, at the model's own size unless the user chose one.
@@ -170,7 +184,7 @@ def write_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, out:
     texture_name, view_name = f"previews/texture_{step:06d}.png", f"previews/view_{step:06d}.png"
     atomic_save_image(out / texture_name, texture)
     atomic_save_image(out / view_name, (render.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8))
-    context.reporter.emit("preview", step=step, path=texture_name, view=view_name)
+    context.reporter.emit("preview", step=step, path=context.live_path(texture_name), view=context.live_path(view_name))
 
 
 def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
@@ -179,29 +193,36 @@ def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
     and save the state. Returns the outputs and the bake's UV coverage."""
     context.reporter.stage("baking")
     with context.timed("bake_s"):
-        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device)
+        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device,
+                             cancel=context.cancel)
     context.reporter.stage("exporting")
-    with context.timed("export_s"), context.cancel.critical():
-        outputs = export_textured_mesh(context.output_dir, mesh, baked.image)
+    with context.timed("export_s"):
+        outputs = export_textured_mesh(context.output_dir, mesh, baked.image, context.cancel)
         outputs["state"] = save_state(context.output_dir, field, config, mesh)
     return outputs, float(baked.coverage)
 
 
-def export_textured_mesh(out: Path, mesh: PreparedMesh, texture: np.ndarray) -> dict[str, str]:
-    atomic_save_image(out / "texture.png", texture)
-    write_glb(out / "mesh.glb", mesh.user, texture, mesh.normalization.up_axis)
-    write_obj(out / "mesh.obj", mesh.user, "texture.png", mesh.normalization.up_axis)
-    save_preview_sheet(out / "preview.png", mesh.unit, texture)
+def export_textured_mesh(out: Path, mesh: PreparedMesh, texture: np.ndarray,
+                         cancel: CancelToken | None = None) -> dict[str, str]:
+    """Texture, GLB, OBJ + MTL and preview sheet; a cancel (signal or file) stops between any two,
+    and a signal within one (each file is written whole or not at all)."""
+    writers = (lambda: atomic_save_image(out / "texture.png", texture),
+               lambda: write_glb(out / "mesh.glb", mesh.user, texture, mesh.normalization.up_axis),
+               lambda: write_obj(out / "mesh.obj", mesh.user, "texture.png", mesh.normalization.up_axis),
+               lambda: save_preview_sheet(out / "preview.png", mesh.unit, texture))
+    for write in writers:
+        if cancel is not None:
+            cancel.check()
+        write()
     return {"glb": "mesh.glb", "obj": "mesh.obj", "mtl": "mesh.mtl", "texture": "texture.png",
             "preview": "preview.png"}
 
 
 def save_state(out: Path, field: TextureField, config: TextureJobConfig, mesh: PreparedMesh) -> str:
     """What an edit job needs to continue from this texture: the field and the frame."""
-    buffer = io.BytesIO()
-    torch.save({"kind": "texture", "field": field.state_dict(), "field_config": to_dict(config.hash_grid),
-                "normalization": mesh.normalization.to_dict(), "settings": to_dict(config)}, buffer)
-    atomic_write_bytes(out / "state.pt", buffer.getvalue())
+    write_state(out / "state.pt", TEXTURE_KIND, {
+        "field": field.state_dict(), "field_config": to_dict(config.hash_grid),
+        "normalization": mesh.normalization.to_dict(), "settings": to_dict(config)})
     return "state.pt"
 
 

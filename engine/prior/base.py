@@ -39,8 +39,23 @@ class DiffusionPrior:
         return int(self.alphas_cumprod.shape[0])
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings (K, L, D), computed once per job."""
+        """Text embeddings (K, L, D), computed once per job; a prompt longer than the text encoder
+        reads adds a warning (warn_truncated_prompts)."""
         raise NotImplementedError
+
+    def warn_truncated_prompts(self, tokenizer, prompts: list[str], limit: int) -> None:
+        """Add a warning when a prompt has more than `limit` tokens (with the special ones): the
+        encoder is given only the first `limit`, so the words after them change nothing."""
+        lengths = [len(ids) for ids in tokenizer(list(prompts), truncation=False)["input_ids"]]
+        longest = max(range(len(prompts)), key=lengths.__getitem__, default=None)
+        if longest is None or lengths[longest] <= limit:
+            return
+        prompt = prompts[longest]
+        shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+        message = (f"The prompt \"{shown}\" is {lengths[longest]} tokens long, but {self.name}'s text encoder "
+                   f"reads only {limit}: the words after them are ignored. Shorten the prompt.")
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     def release_text_encoder(self) -> None:
         """Free the text encoder once every prompt is encoded (T5-XXL alone is ~9 GB)."""

@@ -59,6 +59,7 @@ class LatentPrior(DiffusionPrior):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        self.warn_truncated_prompts(self.tokenizer, prompts, self.tokenizer.model_max_length)
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         # Stable Diffusion was trained without an attention mask on the padded prompt.

@@ -8,7 +8,9 @@ machine are used, and a missing model ends in a message saying how to get it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -118,6 +120,24 @@ def controlnet_folders(chosen: dict[str, str], description: ModelDescription, co
     return folders
 
 
+@contextlib.contextmanager
+def broken_weights_reported(model: str) -> Iterator[None]:
+    """Damaged model files (truncated, empty or foreign weights, configs that do not fit the weights or
+    cannot build the network) as a broken-model error: the files, not the engine, are at fault."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except torch.OutOfMemoryError:  # a RuntimeError too, but the runner reports it as out of memory
+        raise
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError, SafetensorError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+        raise ModelNotFoundError(f"The files of {model} are damaged or do not fit together ({reason}).",
+                                 "Delete the model's folder and download it again "
+                                 "(python -m engine models download ID --allow-download).") from exc
+
+
 def load_prior(config: PriorConfig, device: torch.device, model: str | None = None) -> DiffusionPrior:
     """Load the prior `model` (default config.model) on `device`, with ControlNets if asked."""
     import diffusers
@@ -138,13 +158,14 @@ def load_prior(config: PriorConfig, device: torch.device, model: str | None = No
     chosen, notices = pick_controlnets(description, config, model)
     controlnets = controlnet_folders(chosen, description, config, model)
     dtype = torch.float16 if (device.type == "cuda" and config.half_precision) else torch.float32
-    if description.family == Family.SDXL:
-        from .sdxl import SdxlPrior
+    with broken_weights_reported(model):
+        if description.family == Family.SDXL:
+            from .sdxl import SdxlPrior
 
-        prior = SdxlPrior.from_folder(folder, model, device, dtype, controlnets)
-    elif description.pixel_space:
-        prior = PixelPrior.from_folder(folder, model, device, dtype)
-    else:
-        prior = LatentPrior.from_folder(folder, model, device, dtype, controlnets)
+            prior = SdxlPrior.from_folder(folder, model, device, dtype, controlnets)
+        elif description.pixel_space:
+            prior = PixelPrior.from_folder(folder, model, device, dtype)
+        else:
+            prior = LatentPrior.from_folder(folder, model, device, dtype, controlnets)
     prior.warnings += [notice for notice in (conversion_notice, *notices) if notice]
     return prior

@@ -69,11 +69,14 @@ class PixelPrior(DiffusionPrior):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         if self.t5_prompts:
-            tokens = self.tokenizer([prompt.lower().strip() for prompt in prompts], padding="max_length",
+            prompts = [prompt.lower().strip() for prompt in prompts]
+            self.warn_truncated_prompts(self.tokenizer, prompts, IF_TEXT_LENGTH)
+            tokens = self.tokenizer(prompts, padding="max_length",
                                     max_length=IF_TEXT_LENGTH, truncation=True, add_special_tokens=True,
                                     return_tensors="pt")
             mask = tokens.attention_mask.to(self.device)
         else:
+            self.warn_truncated_prompts(self.tokenizer, prompts, self.tokenizer.model_max_length)
             tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                     truncation=True, return_tensors="pt")
             mask = None

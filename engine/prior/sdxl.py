@@ -161,6 +161,7 @@ class SdxlPrior(LatentPrior):
         """(K, L + pooled rows, 2048): see pack_embeddings."""
         hidden_states = []
         for tokenizer, text_encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            self.warn_truncated_prompts(tokenizer, prompts, tokenizer.model_max_length)
             tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                                truncation=True, return_tensors="pt")
             # As the pipeline: no attention mask, the penultimate layer's hidden states.

@@ -12,7 +12,7 @@ import pytest
 from conftest import FAKE_ENGINE_SRC, ROOT
 
 sys.path.insert(0, str(ROOT))
-from csd_blender.exchange import jobs, progress, queue, result, settings  # noqa: E402
+from csd_blender.exchange import engine_output, jobs, progress, queue, result, settings  # noqa: E402
 
 
 def test_jsonl_tail_handles_partial_lines(tmp_path):
@@ -35,13 +35,13 @@ def test_jsonl_tail_handles_partial_lines(tmp_path):
 def test_resolve_inside_refuses_escapes(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "a.png").write_bytes(b"x")
-    assert result.resolve_inside(tmp_path / "out", "a.png").name == "a.png"
+    assert engine_output.resolve_inside(tmp_path / "out", "a.png").name == "a.png"
     for bad in ("../job.json", "/etc/passwd", "x/../../y", ""):
-        with pytest.raises(result.UnsafePathError):
-            result.resolve_inside(tmp_path / "out", bad)
+        with pytest.raises(engine_output.UnsafePathError):
+            engine_output.resolve_inside(tmp_path / "out", bad)
     os.symlink("/etc", tmp_path / "out" / "link")
-    with pytest.raises(result.UnsafePathError):
-        result.resolve_inside(tmp_path / "out", "link/passwd")
+    with pytest.raises(engine_output.UnsafePathError):
+        engine_output.resolve_inside(tmp_path / "out", "link/passwd")
 
 
 def _result(tmp_path, doc):
@@ -50,10 +50,10 @@ def _result(tmp_path, doc):
 
 
 def test_interpret_outcomes(tmp_path):
-    _result(tmp_path, {"status": "ok", "outputs": {"texture": "t.png", "evil": "../../x", "gone": "g.png"}})
-    (tmp_path / "out" / "t.png").write_bytes(b"png")
+    _result(tmp_path, {"status": "ok", "outputs": {"texture": "t.png", "gone": "g.png"}})
+    (tmp_path / "out" / "t.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\0\x01\0\0\0\x01")
     ok = result.interpret(tmp_path, 0)
-    assert ok.ok and set(ok.outputs) == {"texture"}
+    assert ok.ok and set(ok.outputs) == {"texture"}  # a named output not written is left out
     _result(tmp_path, {"status": "error", "error": {"kind": "out_of_memory", "message": "OOM.", "hint": ""}})
     oom = result.interpret(tmp_path, 5)
     assert oom.kind == "out_of_memory" and "render size" in oom.hint

@@ -134,9 +134,11 @@ def test_engine_exits_without_result(addon, bpy):
     expect_refused(bpy, "texture_selected", "before finishing")
 
 
-def test_result_outside_job_folder_is_ignored(addon, bpy):
-    fake(raw_outputs={"texture": "../../../../etc/passwd"})
-    expect_refused(bpy, "texture_selected", "no 'texture'")
+@pytest.mark.parametrize("name, words", [("../../../../etc/passwd", ("leaves its folder",)),
+                                         ("texture\x00.png", ("control characters",))])
+def test_result_outside_job_folder_is_refused(addon, bpy, name, words):
+    fake(raw_outputs={"texture": name})
+    expect_refused(bpy, "texture_selected", "output was refused", "'texture'", *words, "unchanged")
 
 
 def _start(bpy, op="texture"):
