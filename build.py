@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the installable Blender extension: dist/csd_blender-<version>.zip.
 
-The zip holds the add-on (csd_blender/, manifest at the zip's root as Blender expects),
+The zip holds the add-on (csd_blender/) with the repository's blender_manifest.toml at the zip's
+root, as Blender expects,
 the engine's source vendored at engine_src/engine/ (the add-on starts
 ``python -m engine run JOB`` with PYTHONPATH pointing there), and requirements-engine.txt
 for the preferences' "Set up engine" button.
@@ -20,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 ADDON = ROOT / "csd_blender"
 ENGINE = ROOT / "engine"
+MANIFEST = ROOT / "blender_manifest.toml"
 REQUIREMENTS = ROOT / "requirements-engine.txt"
 SKIP_DIRS = {"__pycache__", ".pytest_cache", "tests"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
@@ -35,7 +37,7 @@ def _files(base: Path):
 
 
 def manifest() -> dict:
-    with open(ADDON / "blender_manifest.toml", "rb") as handle:
+    with open(MANIFEST, "rb") as handle:
         return tomllib.load(handle)
 
 
@@ -45,6 +47,7 @@ def build(out_dir: Path) -> Path:
     target = out_dir / f"{meta['id']}-{meta['version']}.zip"
     tmp = target.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(MANIFEST, MANIFEST.name)
         for path, rel in _files(ADDON):
             if rel.parts[0] == "engine_src":
                 continue  # vendored below from the real engine, never a stale copy

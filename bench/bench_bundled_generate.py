@@ -2,8 +2,8 @@
 
 Each (variant, prompt, seed) runs as its own `python -m engine run` job (the add-on's path), one
 thread per job and `--jobs` jobs at once, with the variant's settings laid over the job's. The
-asset is then judged: the judge's shape and colour (engine.judge.results), sphericity, the
-share of the area on big flat sides and the taper (engine.judge.geometry; a cube: 0.81, 1 and 1,
+asset is then judged: the judge's shape and colour (judge.results), sphericity, the
+share of the area on big flat sides and the taper (judge.geometry; a cube: 0.81, 1 and 1,
 a ball: 1, 0 and 1),
 and whether the exported GLB is closed. Prints a table and writes rows.jsonl, each run's folder
 and a contact sheet of the previews to --out. Runs at the CLI's sizes unless --small.
@@ -87,8 +87,8 @@ def run_one(variant: str, settings: dict, prompt: str, seed: int, out: Path, siz
 
 
 def measure(out: Path) -> dict:
-    from engine.judge.geometry import flat_share, load_closed_mesh, sphericity, taper
-    from engine.judge.results import judge_result
+    from judge.geometry import flat_share, load_closed_mesh, sphericity, taper
+    from judge.results import judge_result
 
     verdict = judge_result(out)
     mesh = load_closed_mesh(out / "mesh.glb")

@@ -8,7 +8,7 @@ What is measured on each result's texture, over the texels its UV layout uses:
   red -> blue      fraction of the source's red texels that are blue now (the edit asked for this)
   white kept       fraction of the source's white texels still white (the prompts never mention it)
   drift on white   mean absolute RGB change on those white texels (0..1)
-and from engine.judge's renders: the two dominant colours and the pattern score (stripes).
+and from judge's renders: the two dominant colours and the pattern score (stripes).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.cli import main  # noqa: E402
-from engine.judge import PALETTE  # noqa: E402
-from engine.judge.colour import srgb_to_lab  # noqa: E402
-from engine.judge.results import _used_texels, judge_result  # noqa: E402
+from judge import PALETTE  # noqa: E402
+from judge.colour import srgb_to_lab  # noqa: E402
+from judge.results import _used_texels, judge_result  # noqa: E402
 
 GRID = {"levels": 12, "log2_table_size": 16}
 

@@ -50,10 +50,10 @@ from engine.nerf.background import LearnedBackground  # noqa: E402
 from engine.nerf.field import NerfField  # noqa: E402
 from engine.nerf.losses import sparsity_loss  # noqa: E402
 from engine.nerf.occupancy import OccupancyGrid  # noqa: E402
-from engine.nerf.perp_neg import perp_neg_distillation_loss, perp_neg_embeddings  # noqa: E402
+from engine.guidance.perp_neg import perp_neg_distillation_loss, perp_neg_embeddings  # noqa: E402
 from engine.nerf.renderer import NerfModel, render_nerf, shade_albedo  # noqa: E402
-from engine.nerf.surface import RefinableMesh  # noqa: E402
-from engine.prior.graphed import use_cuda_graphs  # noqa: E402
+from engine.refine.refinable_mesh import RefinableMesh  # noqa: E402
+from engine.prior.fast.graphed import use_cuda_graphs  # noqa: E402
 from engine.prior.latent import LatentPrior  # noqa: E402
 from engine.prior.pixel import PixelPrior  # noqa: E402
 from engine.render.cameras import orbit_cameras  # noqa: E402
@@ -248,8 +248,8 @@ def stage2_step(mesh: RefinableMesh, prior, embeddings: torch.Tensor, size: int,
                 generator: torch.Generator, device, backend: str, fast_vae: bool = True, antialias: bool = True):
     import engine.render.gbuffer as gbuffer
 
-    from engine.prior.channels_last import set_memory_format
-    from engine.prior.vae_encoding import FastVaeEncoder
+    from engine.prior.fast.channels_last import set_memory_format
+    from engine.prior.fast.vae_encoding import FastVaeEncoder
 
     if fast_vae:
         encode = FastVaeEncoder(prior).encode

@@ -29,8 +29,8 @@ import trimesh
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.config import DEFAULT_NEGATIVE_PROMPT, CameraConfig, PriorConfig  # noqa: E402
-from engine.judge.geometry import load_closed_mesh  # noqa: E402
-from engine.judge.palette import PALETTE  # noqa: E402
+from judge.geometry import load_closed_mesh  # noqa: E402
+from judge.palette import PALETTE  # noqa: E402
 from engine.prior.load import load_prior  # noqa: E402
 from engine.render.cameras import sample_cameras  # noqa: E402
 from engine.render.gbuffer import render_gbuffer  # noqa: E402

@@ -59,9 +59,9 @@ from engine.config import TextureJobConfig  # noqa: E402
 from engine.field import hashgrid_triton  # noqa: E402
 from engine.field.texture_field import TextureField  # noqa: E402
 from engine.pipelines.texture_step import (EagerTextureStep, FastStepOptions,  # noqa: E402
-                                           GraphedTextureStep, StaticTextureStep, concurrent_controlnets,
-                                           prior_modules, shared_controlnet_condition)
-from engine.prior.group_norm_triton import triton_group_norms  # noqa: E402
+                                           GraphedTextureStep, StaticTextureStep)
+from engine.prior.fast.controlnets import concurrent_controlnets, prior_modules, shared_controlnet_condition  # noqa: E402
+from engine.prior.fast.group_norm_triton import triton_group_norms  # noqa: E402
 from engine.pipelines.views import ViewPool  # noqa: E402
 from engine.prior.base import ControlImages  # noqa: E402
 from engine.prior.latent import LatentPrior  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import (IF_I_XL, NO_FRONT_BATCH, SMOKE_IF, T5_XXL, build_nerf, build_pixel_prior,  # noqa: E402
                             stage1_step, synchronize)
-from engine.prior.graphed import use_cuda_graphs  # noqa: E402
+from engine.prior.fast.graphed import use_cuda_graphs  # noqa: E402
 
 
 def busy_ms(events, device_type: str) -> float:

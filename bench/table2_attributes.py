@@ -12,7 +12,7 @@ bundled`, run in-process, CPU, seed 0) with four methods:
   SDS 7.5          Eq. 6 with the engine's --cfg-scale 7.5 (paper's w = 6.5)
   SDS 100          Eq. 6 with --cfg-scale 100 (w = 99, DreamFusion's setting)
 
-Each result is rendered unlit from 8 views and judged by engine.judge (no weights shared with
+Each result is rendered unlit from 8 views and judged by judge (no weights shared with
 the prior): colour from analytic statistics, pattern and shape from the judge's classifier.
 Reported per method: attribute accuracy (colour, pattern, shape, all three) and R-precision
 in the paper's sense (R = 1): the judge scores every prompt of the set against each result and
@@ -86,7 +86,7 @@ def mesh_for(shape: str, folder: Path) -> tuple[Path, str]:
 
 def run_job(prompt: str, method: str, out: Path, steps: int, seed: int, meshes: Path) -> Path:
     from engine.cli import main as engine_main
-    from engine.judge import parse_prompt
+    from judge import parse_prompt
 
     job = out / "jobs" / method.replace(" ", "_").replace("+", "plus").replace(".", "_") / \
         prompt.replace(" ", "_").replace(",", "")
@@ -111,7 +111,7 @@ def run_job(prompt: str, method: str, out: Path, steps: int, seed: int, meshes: 
 
 
 def judge_job(job: Path, judge) -> dict:
-    from engine.judge.results import judge_result
+    from judge.results import judge_result
 
     cached = job / "judge.json"
     if cached.is_file():
@@ -125,7 +125,7 @@ def judge_job(job: Path, judge) -> dict:
 
 
 def evaluate(prompts: list[str], judged: dict[str, list[dict]]) -> dict[str, dict]:
-    from engine.judge import attribute_accuracy, parse_prompt, r_precision
+    from judge import attribute_accuracy, parse_prompt, r_precision
 
     table = {}
     for method, predictions in judged.items():
@@ -185,7 +185,7 @@ def markdown(prompts: list[str], judged: dict[str, list[dict]], table: dict[str,
 def observations(prompts: list[str], judged: dict[str, list[dict]], table: dict[str, dict]) -> list[str]:
     """Which method is best per metric, and every prompt where an SDS row got all attributes right
     and a CSD row did not (and the reverse count)."""
-    from engine.judge import attribute_accuracy
+    from judge import attribute_accuracy
 
     notes = []
     metrics = {"colour": "colour accuracy", "pattern": "pattern accuracy", "all": "all-three accuracy",
@@ -232,7 +232,7 @@ def main() -> None:
     out = Path(args.out)
     prompts = PROMPTS[: args.limit] if args.limit else PROMPTS
     methods = [m.strip() for m in args.methods.split(",")]
-    from engine.judge import AttributeJudge
+    from judge import AttributeJudge
 
     judge = AttributeJudge.load()
     judged: dict[str, list[dict]] = {m: [] for m in methods}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.judge import judge_colour, parse_prompt
-from engine.judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES
+from judge import judge_colour, parse_prompt
+from judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES
 from training.bundled_prior.model import MAX_TOKENS, MODEL_INDEX, RESOLUTION, build_tokenizer, encode_texts
 from training.bundled_prior.world import (DEGRADATIONS, NEGATIVE_PROMPT, PatternParams, SceneAttributes, caption,
                                           jitter_colours, make_shape, pattern_albedo, sample_attributes,

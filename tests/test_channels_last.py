@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from engine.prior.channels_last import nhwc_transformer_outputs, set_memory_format
+from engine.prior.fast.channels_last import nhwc_transformer_outputs, set_memory_format
 
 
 @pytest.mark.parametrize("linear_projection", [False, True])  # SD 1.x and SD 2.x blocks

@@ -621,7 +621,7 @@ def red_striped_spheres(tmp_path_factory) -> dict[str, Path]:
 @bundled
 @pytest.mark.parametrize("kind", ["texture job", "foreign GLB"])
 def test_red_striped_sphere_edited_to_blue_keeps_its_stripes(red_striped_spheres, tmp_path, kind):
-    from engine.judge.results import judge_result
+    from judge.results import judge_result
 
     job_dir = tmp_path / "job"
     job_dir.mkdir()
@@ -651,7 +651,7 @@ def test_red_striped_sphere_edited_to_blue_keeps_its_stripes(red_striped_spheres
 
 def judge_result_of_glb(glb: Path, folder: Path) -> dict:
     """judge_result for a textured mesh file: its mesh as OBJ and its texture, in a folder."""
-    from engine.judge.results import judge_result
+    from judge.results import judge_result
     from engine.mesh.export import write_obj
 
     folder.mkdir(parents=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.prior.elementwise_triton import add_channel_bias, fused_elementwise, geglu, triton_available
+from engine.prior.fast.elementwise_triton import add_channel_bias, fused_elementwise, geglu, triton_available
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()),
                                 reason="needs CUDA and Triton")

@@ -22,7 +22,7 @@ from engine.errors import BadInputError
 from engine.job.progress import CancelToken, ProgressReporter
 from engine.job.runner import run_pipeline
 from engine.mesh.extract import drop_fins, fit_placement, mesh_from_grid, sample_density_grid
-from engine.nerf.perp_neg import perp_neg_embeddings, relative_azimuth
+from engine.guidance.perp_neg import perp_neg_embeddings, relative_azimuth
 from engine.pipelines.generate import STAGE1_STATE, STAGE2_STATE, run_generate
 from engine.pipelines.generate_config import (GenerateJobConfig, add_generate_arguments, generate_config_from_args)
 from engine.prior.load import BUNDLED_PRIOR_DIR
@@ -406,7 +406,7 @@ def test_stage1_defaults_are_the_released_material():
 def test_stage1_without_perp_neg_prompts_each_sample_with_its_view(tiny_prior, tmp_path, monkeypatch):
     """"a red sphere" has no clear front, so no Perp-Neg: each of the batch's views is guided by the
     prompt with its own view words (released view-dependent prompting), "" and the negative shared."""
-    from engine.nerf.perp_neg import view_indices
+    from engine.guidance.perp_neg import view_indices
 
     config = tiny_config(tiny_prior, tmp_path, stages="1", preview_every=0)
     config.stage1.steps, config.stage1.batch_size_no_front = 3, 4
@@ -452,7 +452,7 @@ bundled = pytest.mark.skipif(not (BUNDLED_PRIOR_DIR / "model_index.json").is_fil
 
 
 def nearest_colour(texture: np.ndarray) -> str:
-    from engine.judge.palette import CHROMATIC, PALETTE
+    from judge.palette import CHROMATIC, PALETTE
 
     median = np.median(texture.reshape(-1, 3).astype(np.float32) / 255.0, axis=0)
     return min(CHROMATIC, key=lambda name: float(np.sum((np.asarray(PALETTE[name]) - median) ** 2)))
@@ -462,11 +462,11 @@ def nearest_colour(texture: np.ndarray) -> str:
 @pytest.mark.parametrize("prompt, shape, colour", [("a red sphere", "sphere", "red"), ("a blue cube", "cube", "blue")])
 def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, tmp_path):
     """`generate --model bundled` exactly as the CLI runs it (the preset in generate_config.py, its
-    10,000-triangle mesh and 512 px texture); judged by engine.judge and the mesh's shape measures."""
+    10,000-triangle mesh and 512 px texture); judged by judge and the mesh's shape measures."""
     from PIL import Image
 
-    from engine.judge.geometry import flat_share, load_closed_mesh, sphericity
-    from engine.judge.results import judge_result
+    from judge.geometry import flat_share, load_closed_mesh, sphericity
+    from judge.results import judge_result
 
     parser = argparse.ArgumentParser()
     add_generate_arguments(parser)
@@ -516,7 +516,7 @@ def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
     """A strip turning 90 degrees: the released 1 - cos form costs one sharp fold more than two
     45-degree folds (it rounds edges); the "angle" form, the reverse (it keeps flat sides flat), and
     the "robust" form more so (it sharpens edges)."""
-    from engine.nerf.losses import face_adjacency, normal_consistency
+    from engine.refine.losses import face_adjacency, normal_consistency
     from engine.render.antialias import edge_neighbours
 
     def strip(profile: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -542,7 +542,7 @@ def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
 def test_vertex_learning_rate_follows_the_edge_length():
     """offset_learning_rate_per_edge: the same step in edge lengths on a coarse and a fine mesh."""
     from engine.config import HashGridConfig
-    from engine.nerf.surface import RefinableMesh
+    from engine.refine.refinable_mesh import RefinableMesh
     from engine.pipelines.generate_config import RefineStageConfig
 
     stage = RefineStageConfig(offset_learning_rate_per_edge=0.1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.prior.group_norm_triton import group_norm, triton_available, triton_group_norms
+from engine.prior.fast.group_norm_triton import group_norm, triton_available, triton_group_norms
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()),
                                 reason="needs CUDA and Triton")

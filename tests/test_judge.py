@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.judge import (AttributeJudge, attribute_accuracy, estimate_object_mask, judge_colour, parse_prompt,
+from judge import (AttributeJudge, attribute_accuracy, estimate_object_mask, judge_colour, parse_prompt,
                           pattern_score, prompt_log_score, r_precision, top_colours)
-from engine.judge.classifier import WEIGHTS_PATH
-from engine.judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES
+from judge.classifier import WEIGHTS_PATH
+from judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 3000   # the prior trained on seed 0, the judge on 1000 and was evaluated on 2000

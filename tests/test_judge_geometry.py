@@ -1,4 +1,4 @@
-"""The geometric shape measures the generate tests and benchmarks read (engine/judge/geometry.py)."""
+"""The geometric shape measures the generate tests and benchmarks read (judge/geometry.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from engine.judge.geometry import flat_share, sphericity, taper
+from judge.geometry import flat_share, sphericity, taper
 
 
 def y_up(mesh: trimesh.Trimesh) -> trimesh.Trimesh:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.config import GuidanceConfig
-from engine.nerf.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings,
+from engine.guidance.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings,
                                   view_indices, view_prompt_embeddings)
 
 SCALE = 3.0  # the released perpneg_scale

@@ -1,4 +1,4 @@
-"""Stage 2's planar-region regulariser (engine/nerf/planar.py): which patches count as flat sides,
+"""Stage 2's planar-region regulariser (engine/refine/planar.py): which patches count as flat sides,
 and that its loss flattens them."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import trimesh
 
 from engine.errors import BadInputError
 from engine.mesh.extract import marching_cubes
-from engine.nerf.losses import face_adjacency
-from engine.nerf.planar import find_planar_regions, planar_loss
+from engine.refine.losses import face_adjacency
+from engine.refine.planar import find_planar_regions, planar_loss
 from engine.pipelines.generate_config import RefineStageConfig
 from engine.render.antialias import edge_neighbours
 

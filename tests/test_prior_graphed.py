@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.config import PriorConfig
-from engine.prior.graphed import GraphedNoisePrediction, use_cuda_graphs
+from engine.prior.fast.graphed import GraphedNoisePrediction, use_cuda_graphs
 from engine.prior.load import load_prior
 
 

@@ -394,7 +394,7 @@ def test_face_adjacency_and_edges_are_trimeshs() -> None:
     order that saved stage-2 states hold)."""
     import trimesh
 
-    from engine.nerf.losses import face_adjacency
+    from engine.refine.losses import face_adjacency
     from engine.render.antialias import edges_and_neighbours
 
     for positions, triangles in (sphere(6), quad(0.0, 0.4)):

@@ -18,7 +18,7 @@ from engine.config import PIXEL_MODEL_RENDER_SIZE, PriorConfig, TextureJobConfig
 from engine.errors import ModelNotFoundError
 from engine.pipelines.texture_step import EagerTextureStep, StaticTextureStep
 from engine.prior.base import ControlImages
-from engine.prior.patching import replaced_methods
+from engine.prior.fast.patching import replaced_methods
 from engine.prior.sdxl import FP16_FIX_VAE, SdxlPrior, load_vae, pack_embeddings, unpack_embeddings
 import test_texture_step
 from test_texture_step import Job, assert_same_steps, job_config, run_steps

@@ -1,7 +1,7 @@
 """Semantic tests: CSD with the bundled prior moves a texture toward the prompt, on the CPU.
 
 Issue 3's checks, each a real texture job (`python -m engine texture ... --model bundled`,
-run in-process through engine.cli.main), judged by engine.judge (which shares no weights
+run in-process through engine.cli.main), judged by judge (which shares no weights
 with the prior):
 - "a <colour> sphere" for 8 colours: at least 7 textures come out in the named colour;
 - "a black and white striped cube" (CSD without negative prompt): the result is patterned (analytic
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main as engine_main
-from engine.judge import AttributeJudge
-from engine.judge.results import judge_result
+from judge import AttributeJudge
+from judge.results import judge_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SPHERE = ROOT / "examples" / "sphere.obj"

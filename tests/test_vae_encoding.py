@@ -7,7 +7,7 @@ import torch
 
 from engine.config import PriorConfig
 from engine.prior.load import load_prior
-from engine.prior.vae_encoding import FastVaeEncoder
+from engine.prior.fast.vae_encoding import FastVaeEncoder
 
 
 def test_off_cuda_it_is_the_plain_call(tiny_stable_diffusion):

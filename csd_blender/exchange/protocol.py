@@ -15,7 +15,6 @@ LOG_FILE = "engine.log"
 TASKS = ("texture", "generate", "edit")
 
 # Exit codes and their kinds, as the engine documents them.
-EXIT_OK = 0
 EXIT_ENGINE_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_MODEL_NOT_FOUND = 3

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,6 @@ class JobSpec:
     settings: dict[str, Any]
     mesh: Path | None = None
     source: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def progress_path(self) -> Path:
-        return self.job_dir / PROGRESS_LOG
 
     @property
     def cancel_path(self) -> Path:

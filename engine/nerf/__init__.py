@@ -1,2 +1,2 @@
-"""The generate job's models: the stage-1 NeRF (density + albedo hash grid, occupancy grid,
-background, volume renderer, regularisers) and the stage-2 refinable mesh."""
+"""Stage 1 of generate: the NeRF (density + albedo hash grid, occupancy grid, learned background,
+volume renderer) and its regularisers."""

@@ -66,7 +66,3 @@ class OccupancyGrid(torch.nn.Module):
         threshold = min(self.threshold, float(self.opacity.mean()))
         self.occupied = self.opacity > threshold
         self.updates += 1
-
-    @property
-    def occupied_fraction(self) -> float:
-        return float(self.occupied.float().mean())

@@ -54,7 +54,7 @@ class GeneratedAsset:
     """A generate job's refined mesh, ready to continue."""
 
     path: Path
-    mesh: "RefinableMesh"  # noqa: F821 - engine.nerf.surface, imported with the generate job
+    mesh: "RefinableMesh"  # noqa: F821 - engine.refine.refinable_mesh, imported with the generate job
     state: dict  # stage2.pt as saved (settings, placement, frames)
     normalization: Normalization  # the export's frame: unit box -> the user's world (on the ground)
     corner_uvs: np.ndarray | None  # the export's UV layout, per triangle of `mesh`; None: unwrap anew

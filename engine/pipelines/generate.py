@@ -48,16 +48,16 @@ from ..nerf.background import LearnedBackground
 from ..nerf.field import NerfField
 from ..nerf.losses import ramp, sparsity_loss
 from ..nerf.occupancy import OccupancyGrid
-from ..nerf.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings,
+from ..guidance.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings,
                              view_prompt_embeddings)
-from ..nerf.planar import PlanarRegions, find_planar_regions, planar_loss
+from ..refine.planar import PlanarRegions, find_planar_regions, planar_loss
 from ..nerf.renderer import (GEOMETRY_ALBEDO, RAY_CHUNK, NerfModel, render_nerf, render_rays, shade_albedo,
                              shade_geometry)
-from ..nerf.surface import RefinableMesh
+from ..refine.refinable_mesh import RefinableMesh
 from ..prior.base import DiffusionPrior
-from ..prior.graphed import use_cuda_graphs
+from ..prior.fast.graphed import use_cuda_graphs
 from ..prior.load import load_prior
-from ..prior.vae_encoding import FastVaeEncoder
+from ..prior.fast.vae_encoding import FastVaeEncoder
 from ..render.cameras import Cameras, orbit_cameras, sample_cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import sample_backgrounds, sample_lighting, shade

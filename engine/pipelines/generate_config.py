@@ -65,7 +65,7 @@ NO_FRONT_WORDS = ("sphere", "ball", "cube", "box", "cylinder", "cone", "torus", 
 #   - stage 2 reshapes the mesh for 300 steps under the "angle" normal consistency |n1 - n2|
 #     (weight 200), which keeps flat sides and edges where the released 1 - cos rounds them,
 #     with each vertex step 0.11 edge lengths (a fixed step tuned on a coarse mesh tears a fine
-#     one into spikes), and flattens the big nearly-flat patches (engine/nerf/planar.py: within
+#     one into spikes), and flattens the big nearly-flat patches (engine/refine/planar.py: within
 #     30 degrees, at least 10% of the area; a ball, a cylinder's wall and a torus have none),
 #     made to meet at creases of at least 60 degrees: the box's rounded edges go to its sides,
 #     so it has four sides, not five or six (this also squares the prior's cylinders, whose
@@ -238,7 +238,7 @@ class RefineStageConfig:
     normal_consistency_weight: float = 1000.0  # released code; the paper says 10,000
     normal_consistency: str = "cosine"  # released code's 1 - cos; "angle" |n1 - n2|, "robust" (engine/nerf/losses.py)
     laplacian_weight: float = 0.0  # optional uniform Laplacian (not in the paper's recipe)
-    # Optional (not in the paper's recipe): big nearly-flat patches made flat (engine/nerf/planar.py).
+    # Optional (not in the paper's recipe): big nearly-flat patches made flat (engine/refine/planar.py).
     planar_weight: float = 0.0
     planar_angle_deg: float = 15.0  # faces within this of a region's normal belong to it
     planar_min_share: float = 0.06  # the least share of the surface area a region covers

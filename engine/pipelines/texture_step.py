@@ -26,8 +26,7 @@ step class takes `step` (0-based) and returns the loss (a 0-d tensor).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -38,11 +37,11 @@ from ..field.texture_field import TextureField
 from ..guidance.score_distillation import (score_distillation_loss, sample_timesteps, sds_direction,
                                            surrogate_loss, weight_gradient)
 from ..prior.base import ControlImages, DiffusionPrior
-from ..prior.channels_last import nhwc_transformer_outputs, set_memory_format
-from ..prior.elementwise_triton import fused_elementwise
-from ..prior.group_norm_triton import triton_available, triton_group_norms
-from ..prior.patching import replaced_methods
-from ..prior.vae_encoding import half_precision_math_attention
+from ..prior.fast.channels_last import nhwc_transformer_outputs, set_memory_format
+from ..prior.fast.controlnets import concurrent_controlnets, prior_modules, shared_controlnet_condition
+from ..prior.fast.elementwise_triton import fused_elementwise
+from ..prior.fast.group_norm_triton import triton_available, triton_group_norms
+from ..prior.fast.vae_encoding import half_precision_math_attention
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer
 from ..render.shading import Lighting, sample_backgrounds, sample_lighting, shade
@@ -65,59 +64,6 @@ def make_optimizer(field: TextureField, learning_rate: float, capturable: bool =
     if capturable:  # step counts live on the GPU, so a CUDA graph can replay the update
         return torch.optim.Adam(field.parameters(), lr=learning_rate, eps=1e-15, capturable=True)
     return torch.optim.Adam(field.parameters(), lr=learning_rate, eps=1e-15)
-
-
-def prior_modules(prior: DiffusionPrior) -> list[torch.nn.Module]:
-    return [m for m in (getattr(prior, "unet", None), getattr(prior, "vae", None),
-                        *getattr(prior, "controlnets", {}).values()) if isinstance(m, torch.nn.Module)]
-
-
-@contextmanager
-def shared_controlnet_condition(prior: DiffusionPrior) -> Iterator[None]:
-    """While active, each ControlNet embeds its condition image once per call, not once per prompt.
-
-    predict_noise repeats one view's condition image for every prompt of the batch; the
-    embedding (convolutions at render resolution) of identical images is identical, so the
-    first copy's embedding is computed and broadcast over the batch. Only valid for calls
-    whose batch repeats a single condition, as the static step's does.
-    """
-    modules = [net.controlnet_cond_embedding for net in getattr(prior, "controlnets", {}).values()
-               if hasattr(net, "controlnet_cond_embedding")]
-
-    def embed_first(embed):
-        return lambda condition: embed(condition[:1]).expand(condition.shape[0], *([-1] * (condition.dim() - 1)))
-    with replaced_methods((module, "forward", embed_first(module.forward)) for module in modules):
-        yield
-
-
-@contextmanager
-def concurrent_controlnets(prior: DiffusionPrior, streams: list | None = None) -> Iterator[None]:
-    """While active (CUDA), each ControlNet runs on its own stream, so their kernels overlap.
-
-    At batch 3 the deep, low-resolution layers fill a fraction of the GPU, so two ControlNets
-    side by side take less than one after the other. Each starts once the main stream's work so
-    far is done; the last one's call returns only after the main stream waits for all of them,
-    before predict_noise sums their residuals. Results are the same as one after the other.
-    """
-    nets = list(getattr(prior, "controlnets", {}).values())
-    if len(nets) < 2 or not torch.cuda.is_available() or prior.device.type != "cuda":
-        yield
-        return
-    streams = streams or [torch.cuda.Stream(prior.device) for _ in nets]
-    replacements = []
-    for position, (net, stream) in enumerate(zip(nets, streams)):
-        def forward_on_stream(*args, run=net.forward, stream=stream, last=position == len(nets) - 1, **kwargs):
-            main = torch.cuda.current_stream(prior.device)
-            stream.wait_stream(main)
-            with torch.cuda.stream(stream):
-                result = run(*args, **kwargs)
-            if last:
-                for other in streams:
-                    main.wait_stream(other)
-            return result
-        replacements.append((net, "forward", forward_on_stream))
-    with replaced_methods(replacements):
-        yield
 
 
 class EagerTextureStep:
@@ -375,9 +321,6 @@ class GraphedTextureStep(StaticTextureStep):
         self.load_inputs(step)
         self.graph.replay()
         return self.static_loss.clone()
-
-
-TextureStep = Callable[[int], Tensor]
 
 
 def make_texture_step(field: TextureField, prior: DiffusionPrior, views: ViewPool, cameras: Cameras,

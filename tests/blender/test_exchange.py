@@ -114,16 +114,10 @@ import json, sys
 from engine.config import TextureJobConfig, update_from_dict
 data = json.loads(sys.argv[1])
 update_from_dict(TextureJobConfig(prompt="", mesh="m", out="o"), data["texture"])
-try:
-    from engine.pipelines.generate_config import GenerateJobConfig
-    update_from_dict(GenerateJobConfig(prompt="", out="o"), data["generate"])
-except ImportError:
-    pass
-try:
-    from engine.pipelines.edit_config import EditJobConfig
-    update_from_dict(EditJobConfig(source="s", target_prompt="", edit_prompt="", out="o"), data["edit"])
-except ImportError:
-    pass
+from engine.pipelines.generate_config import GenerateJobConfig
+update_from_dict(GenerateJobConfig(prompt="", out="o"), data["generate"])
+from engine.pipelines.edit_config import EditJobConfig
+update_from_dict(EditJobConfig(source="s", target_prompt="", edit_prompt="", out="o"), data["edit"])
 print("ok")
 """
     import subprocess

@@ -52,7 +52,7 @@ def test_non_mesh_selected(addon, bpy):
     bpy.ops.object.select_all(action='DESELECT')
     bpy.ops.object.camera_add()
     bpy.ops.ed.undo_push(message="camera")
-    expect_refused(bpy, "texture_selected", "camera", "not a mesh" if False else "select one or more mesh")
+    expect_refused(bpy, "texture_selected", "camera", "select one or more mesh")
 
 
 def test_empty_prompt(addon, bpy):
@@ -129,8 +129,9 @@ def test_engine_crash_mid_job(addon, bpy):
     assert "engine.log" in rep.hint
 
 
-def test_engine_exits_without_result(addon, bpy):
-    fake(exit_code=0 if False else 1, steps=1)
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_engine_exits_without_result(addon, bpy, exit_code):
+    fake(exit_code=exit_code, steps=1)
     expect_refused(bpy, "texture_selected", "before finishing")
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import CameraConfig
-from engine.judge.palette import COLOURS, PATTERNS, SHAPES
+from judge.palette import COLOURS, PATTERNS, SHAPES
 from engine.render.cameras import Cameras, sample_cameras
 from engine.render.gbuffer import render_gbuffer
 from engine.render.shading import sample_backgrounds, sample_lighting, shade

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES
+from judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES
 
 from .dataset import TRAIN_CAMERAS
 from .model import MAX_TOKENS, RESOLUTION, build_text_encoder, build_tokenizer, build_unet, export_folder

@@ -1,7 +1,7 @@
-"""Train the judge's shape/pattern classifier (engine/judge/classifier.py) on held-out renders.
+"""Train the judge's shape/pattern classifier (judge/classifier.py) on held-out renders.
 
     python -m training.bundled_prior.train_judge --out runs/judge [--seed 1000]
-    cp runs/judge/judge.safetensors engine/judge/weights/judge.safetensors
+    cp runs/judge/judge.safetensors judge/weights/judge.safetensors
 
 Held out from the prior's data: the meshes (shape-bank seed), the cameras and the scene draws
 all come from other seeds (the prior uses seed 0; the judge trains on seed 1000 and is
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import CameraConfig
-from engine.judge import judge_colour, top_colours
-from engine.judge.classifier import JudgeNet, save_judge
-from engine.judge.palette import COLOURS, PATTERNS
+from judge import judge_colour, top_colours
+from judge.classifier import JudgeNet, save_judge
+from judge.palette import COLOURS, PATTERNS
 
 from .dataset import BankConfig, SceneSampler, build_bank, compose
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.empty_cache()
     eval_bank = build_bank(BankConfig(views=args.eval_views, resolution=64, supersample=2, seed=args.eval_seed,
                                       cameras=JUDGE_CAMERAS), device, log)
-    from engine.judge.classifier import load_judge
+    from judge.classifier import load_judge
 
     fp16_model = load_judge(out / "judge.safetensors", device)
     result = evaluate(fp16_model, eval_bank, args.eval_seed, args.eval_images, device, log)

@@ -8,7 +8,7 @@ Patterns are defined procedurally on the 3D surface position in the object's own
   striped    bands perpendicular to a direction (mostly the object's up axis)
   checkered  a 3D checkerboard of cubes
   dotted     spheres on a 3D lattice, cut by the surface (round spots)
-Each pattern uses two colours; see engine/judge/palette.py for the colour rule.
+Each pattern uses two colours; see judge/palette.py for the colour rule.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES, default_second_colour
+from judge.palette import COLOURS, PALETTE, PATTERNS, SHAPES, default_second_colour
 
 VIEWS = ("front", "side", "back")
 # Degradations that make the paper's default negative prompt mean something in miniature:
@@ -297,14 +297,3 @@ def caption(attributes: SceneAttributes, rng: np.random.Generator | None = None,
     for degradation in degradations:
         text += f", {degradation}"
     return text
-
-
-def parse_caption(text: str) -> dict:
-    """Attributes named by a caption (for the bench and tests): shape, pattern, colours."""
-    words = text.lower().replace(",", " ").split()
-    shape = next((w for w in words if w in SHAPES), None)
-    pattern = next((w for w in words if w in PATTERNS), "plain")
-    colours = [w for w in words if w in COLOURS]
-    if pattern != "plain" and len(colours) == 1:
-        colours.append(default_second_colour(colours[0]))
-    return {"shape": shape, "pattern": pattern, "colours": colours}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import ControlImages, DiffusionPrior
+from ..base import ControlImages, DiffusionPrior
 from .channels_last import nhwc_kernels, set_memory_format
 from .group_norm_triton import triton_available, triton_group_norms
 

@@ -2,10 +2,10 @@
 pattern and shape?
 
 Independent of the prior (no shared weights):
-- judge_colour: analytic colour statistics against the named palette (engine/judge/colour.py)
+- judge_colour: analytic colour statistics against the named palette (judge/colour.py)
 - pattern_score: an analytic two-colour contrast / boundary / periodicity measure
 - AttributeJudge: a small CNN for shape and pattern, trained on held-out renders
-  (training/bundled_prior/train_judge.py; weights in engine/judge/weights/, < 1 MB)
+  (training/bundled_prior/train_judge.py; weights in judge/weights/, < 1 MB)
 - prompt_log_score / r_precision: retrieval of the prompt among a set of prompts, with the judge
   as the scorer (the paper's R-precision, with the judge in place of CLIP)
 """

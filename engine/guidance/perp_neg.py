@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..config import GuidanceConfig
-from ..guidance.score_distillation import (DistillationStep, csd_direction, perp_neg_removal, sample_timesteps,
+from .score_distillation import (DistillationStep, csd_direction, perp_neg_removal, sample_timesteps,
                                            sds_direction, surrogate_loss, weight_gradient)
 
 FRONT_AZIMUTH_DEG = -90.0

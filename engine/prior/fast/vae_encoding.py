@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .base import DiffusionPrior
+from ..base import DiffusionPrior
 from .channels_last import nhwc_kernels, set_memory_format
 from .group_norm_triton import triton_available
 

@@ -3,7 +3,7 @@
 Trained by training/bundled_prior/train_judge.py on renders of the attribute world made from
 other meshes, views and seeds than the prior's training set; it shares no weights with the
 prior. Input: (B, 3, 64, 64) in [0, 1]. Heads: shape, pattern, and (auxiliary) base and second
-colour; the judge reports colour from the analytic statistics (engine/judge/colour.py).
+colour; the judge reports colour from the analytic statistics (judge/colour.py).
 """
 
 from __future__ import annotations

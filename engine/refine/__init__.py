@@ -1,0 +1,1 @@
+"""Stage 2 of generate and geometry edits: the extracted mesh refined through rasterised renders."""
