@@ -93,7 +93,7 @@ SMOKE_VAE = dict(SD_VAE, block_out_channels=(8, 8, 8, 8), layers_per_block=1, no
 T5_XXL_CONFIG = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128,
                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
 SMOKE_T5_CONFIG = dict(T5_XXL_CONFIG, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, vocab_size=128)
-# The stage-1 batch for prompts without a clear front (generate_config.batch_size_no_front).
+# The stage-1 batch for prompts without a clear front (NerfStageConfig.batch_size_no_front).
 NO_FRONT_BATCH = 4
 OCCUPANCY_UPDATE_EVERY = 16
 STAGE1_STEPS, STAGE2_STEPS = 10_000, 5_000

@@ -58,7 +58,7 @@ from model_folders import write_clip_tokenizer, write_t5_tokenizer  # noqa: E402
 from engine.config import TextureJobConfig  # noqa: E402
 from engine.field.texture_field import TextureField  # noqa: E402
 from engine.pipelines.generate import build_nerf, encode_nerf_prompts, speed_up_unet  # noqa: E402
-from engine.pipelines.generate_config import GenerateJobConfig  # noqa: E402
+from engine.config import GenerateJobConfig  # noqa: E402
 from engine.pipelines.texture import encode_prompts  # noqa: E402
 from engine.pipelines.texture_step import make_texture_step  # noqa: E402
 from engine.pipelines.views import ViewPool  # noqa: E402

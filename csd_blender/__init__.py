@@ -11,10 +11,10 @@ Blender-specific modules are imported in register(), so the plain-Python half
 
 
 def _modules():
-    from . import operators, panel, preferences, properties
+    from . import engine_setup, operators, panel, preferences, properties
     from .blender import handlers, preview
 
-    return (preferences, properties, operators, panel, preview, handlers)
+    return (preferences, properties, operators, engine_setup, panel, preview, handlers)
 
 
 def register():

@@ -5,10 +5,9 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from .exchange.protocol import DEFAULT_NEGATIVE_PROMPT
 from .exchange.settings import PRESETS
 
-# The engine's default negative prompt (engine/config.py DEFAULT_NEGATIVE_PROMPT).
-DEFAULT_NEGATIVE_PROMPT = "oversaturated color, ugly, tiling, low quality, noisy"
 
 QUALITY_ITEMS = [(key, p.label, f"{p.description}: {p.bundled_steps} steps with the bundled model, "
                   f"{p.texture_steps} with Stable Diffusion, {p.texture_size} px texture")

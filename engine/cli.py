@@ -9,19 +9,159 @@ engine loads); they print JSON lines too, and import no PyTorch.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+import typing
 from pathlib import Path
 
-from .config import (BUNDLED_MODEL, DEFAULT_NEGATIVE_PROMPT, TextureJobConfig, add_common_arguments,
-                     apply_common_arguments, to_dict, update_from_dict)
+from .config import (BUNDLED_MODEL, DEFAULT_FIT_STEPS, DEFAULT_NEGATIVE_PROMPT, DEFAULT_PRESERVE_WEIGHT,
+                     NERF_STAGE_STEPS, REFINE_STAGE_STEPS, SOURCE_MODEL, EditJobConfig, GenerateJobConfig,
+                     GenerateStages, PerpNegMode, TextureJobConfig, config_from_job, load_saved_config, to_dict)
 from .errors import BadInputError, Cancelled, EngineError, JobFileError
 from .job.progress import CancelToken, ProgressReporter, format_bytes
 from .job.paths import inside_folder
 from .job.outputs import publish_result_only
 from .job.protocol import progress_log_path, read_job, result_document
-from .pipelines.generate_config import add_generate_arguments, generate_config_from_args, generate_config_from_job
-from .pipelines.edit_config import add_edit_arguments, edit_config_from_args, edit_config_from_job
+from .pipelines.tasks import TASKS
+
+
+def _controlnets(value: str) -> tuple[str, ...]:
+    if value in ("none", ""):
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, controlnet_auto: str) -> None:
+    """The flags `python -m engine texture` and `edit` share, defined once so they stay alike;
+    `controlnet_auto` says what --controlnet auto picks. apply_common_arguments reads them."""
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--controlnet", default="auto", type=_controlnets,
+                        help=f"depth,canny | depth | canny | none | auto ({controlnet_auto})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the texture field")
+    parser.add_argument("--preview-every", type=int, default=None, help="steps between previews (0: none)")
+    parser.add_argument("--allow-download", action="store_true", help="let the model be downloaded")
+    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
+
+
+def apply_common_arguments(config: TextureJobConfig | EditJobConfig, args: argparse.Namespace) -> None:
+    """add_common_arguments' flags (but --out, which each config takes when it is made) into a
+    TextureJobConfig or an EditJobConfig."""
+    config.seed, config.device, config.learning_rate = args.seed, args.device, args.lr
+    config.preview_every = args.preview_every
+    config.prior.controlnets = args.controlnet
+    config.prior.allow_download = args.allow_download
+    config.prior.cache_dir = args.cache_dir
+
+
+def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a texture job's output folder (with state.pt), or a textured .glb/.obj")
+    parser.add_argument("--target-prompt", required=True, help="the object as it should become")
+    parser.add_argument("--edit-prompt", required=True, help="the attribute to change or remove, e.g. \"red\"")
+    add_common_arguments(parser, controlnet_auto="the source's")
+    parser.add_argument("--w1", type=float, default=1.0, help="weight of the target prompt's classifier score")
+    parser.add_argument("--w2", type=float, default=0.5,
+                        help="weight of the edit prompt's (subtracted) classifier score")
+    parser.add_argument("--steps", type=int, default=None, help="default: 150 (bundled) / 800")
+    parser.add_argument("--preserve-weight", type=float, default=DEFAULT_PRESERVE_WEIGHT,
+                        help="image-space L2 to the source's renders (0: off)")
+    parser.add_argument("--edit-geometry", action="store_true", help="also move a generated asset's surface")
+    parser.add_argument("--model", default=SOURCE_MODEL,
+                        help="hub id, local diffusers folder, 'bundled', or 'source' (the source's model; default)")
+    parser.add_argument("--render-size", type=int, default=None, help="default: the source's")
+    parser.add_argument("--texture-size", type=int, default=None, help="default: the source's")
+    parser.add_argument("--fit-steps", type=int, default=DEFAULT_FIT_STEPS,
+                        help="steps fitting a field to a mesh file's texture before editing")
+    parser.add_argument("--up-axis", choices=("Y", "Z"), default=None, help="a mesh file's up axis")
+
+
+def edit_config_from_args(args: argparse.Namespace) -> EditJobConfig:
+    config = EditJobConfig(source=args.source, target_prompt=args.target_prompt, edit_prompt=args.edit_prompt,
+                           out=args.out, steps=args.steps, render_size=args.render_size,
+                           texture_size=args.texture_size, preserve_weight=args.preserve_weight,
+                           fit_steps=args.fit_steps, edit_geometry=args.edit_geometry, up_axis=args.up_axis)
+    apply_common_arguments(config, args)
+    config.guidance.w1, config.guidance.w2_start, config.guidance.w2_end = args.w1, args.w2, args.w2
+    config.prior.model = args.model
+    return config
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """`python -m engine generate ...`. Flags left out keep the saved value under --resume."""
+    parser.add_argument("--prompt", default=None, help="what to make (required unless --resume)")
+    parser.add_argument("--out", default=None, help="output folder (default with --resume: that folder)")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="continue the cancelled or crashed run whose output folder is DIR")
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--model", default=None, help="both stages' prior (default: bundled)")
+    parser.add_argument("--stage1-model", default=None, help="pixel-space prior of the NeRF stage "
+                        "(DeepFloyd IF stage I style folder or hub id, or 'bundled')")
+    parser.add_argument("--stage2-model", default=None, help="prior of the refinement stage "
+                        "(Stable Diffusion 2.1 base style, or 'bundled')")
+    parser.add_argument("--steps1", type=int, default=None,
+                        help=f"NeRF steps (default {NERF_STAGE_STEPS}; bundled prior: 300)")
+    parser.add_argument("--steps2", type=int, default=None,
+                        help=f"refinement steps (default {REFINE_STAGE_STEPS}; bundled prior: 300)")
+    parser.add_argument("--render-size1", type=int, default=None,
+                        help="NeRF render size (default 64; bundled prior: 32)")
+    parser.add_argument("--render-size2", type=int, default=None, help="refinement render size (default 512)")
+    parser.add_argument("--stages", choices=typing.get_args(GenerateStages), default=None,
+                        help="run both stages (default), only the NeRF, or only the refinement")
+    parser.add_argument("--stage1-state", default=None, help="stage1.pt to refine (with --stages 2)")
+    parser.add_argument("--perp-neg", choices=typing.get_args(PerpNegMode), default=None,
+                        help="Perp-Neg view prompts (auto: off for prompts without a clear front)")
+    parser.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid (default 256)")
+    parser.add_argument("--target-triangles", type=int, default=None, help="decimate to this many (default 50000)")
+    parser.add_argument("--size", type=float, default=None, help="largest side of the asset in metres (default 1)")
+    parser.add_argument("--texture-size", type=int, default=None, help="default 1024")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--preview-every", type=int, default=None, help="steps between previews (0: none)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between saved states")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the diffusion UNets with CUDA graphs (faster long runs on a GPU)")
+    parser.add_argument("--allow-download", action="store_true", help="let the models be downloaded")
+    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
+
+
+def generate_config_from_args(args: argparse.Namespace) -> GenerateJobConfig:
+    if args.resume is not None:
+        config = load_saved_config(Path(args.resume))
+        config.out = args.out or args.resume
+        config.resume = True
+        if args.prompt is not None and args.prompt != config.prompt:
+            raise BadInputError("--prompt differs from the prompt of the run being resumed.",
+                                "Leave out --prompt with --resume, or start a new run with another --out.")
+    else:
+        if args.prompt is None or args.out is None:
+            raise BadInputError("generate needs --prompt and --out (or --resume DIR).",
+                                "Example: python -m engine generate --prompt \"a blue cube\" --out out/")
+        config = GenerateJobConfig.defaults_for(args.prompt, args.out, args.stage1_model or args.model or BUNDLED_MODEL,
+                                                args.stage2_model or args.model or BUNDLED_MODEL)
+    _set(config, "negative_prompt", args.negative_prompt)
+    for stage, model in ((config.stage1, args.stage1_model or args.model), (config.stage2, args.stage2_model or args.model)):
+        _set(stage.prior, "model", model)
+        if args.allow_download:
+            stage.prior.allow_download = True
+        _set(stage.prior, "cache_dir", args.cache_dir)
+    _set(config.stage1, "steps", args.steps1)
+    _set(config.stage2, "steps", args.steps2)
+    _set(config.stage1, "render_size", args.render_size1)
+    _set(config.stage2, "render_size", args.render_size2)
+    _set(config.stage1, "perp_neg", args.perp_neg)
+    _set(config, "stages", args.stages)
+    _set(config, "stage1_state", args.stage1_state)
+    _set(config.extract, "resolution", args.mesh_resolution)
+    _set(config.extract, "target_triangles", args.target_triangles)
+    _set(config.extract, "size_m", args.size)
+    for name in ("texture_size", "seed", "device", "preview_every", "checkpoint_every", "compile"):
+        _set(config, name, getattr(args, name))
+    return config
+
+
+def _set(target, name: str, value) -> None:
+    if value is not None:
+        setattr(target, name, value)
 
 
 def add_texture_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,29 +198,17 @@ def texture_config_from_args(args: argparse.Namespace) -> TextureJobConfig:
     return config
 
 
-def texture_config_from_job(settings: dict, mesh: Path, out: Path) -> TextureJobConfig:
-    for key in ("mesh", "out"):
-        if key in settings:
-            raise JobFileError(f"job.json settings may not contain {key!r}.",
-                               "Give the mesh as the job's top-level 'mesh' and the folder as 'output'.")
-    if "prompt" not in settings:
-        raise JobFileError("job.json settings have no 'prompt'.", "")
-    config = TextureJobConfig(prompt="", mesh=str(mesh), out=str(out))
-    return update_from_dict(config, settings)
-
-
 def _run(task: str, config, out: Path, reporter: ProgressReporter, cancel: CancelToken) -> int:
-    """engine/pipelines/<task>.py's run_<task>, imported inside run_pipeline: a failing import, like
-    bad settings (the pipeline validates its config first), still ends in a result.json. Models
-    the pipeline downloads report to the job's progress and stop on its cancel."""
+    """The task table's pipeline for `task` (engine/pipelines/tasks.py), run inside run_pipeline:
+    a failing import, like bad settings (the pipeline validates its config first), still ends in
+    a result.json. Models the pipeline downloads report to the job's progress and stop on its cancel."""
     from .job.runner import run_pipeline
     from .prior.hub import report_downloads_to
 
     def pipeline(context) -> dict[str, str]:
         context.cancel.check()  # a cancel held since start-up ends the job before any work (engine/__main__.py)
-        module = importlib.import_module(f".pipelines.{task}", __package__)
         with report_downloads_to(context.reporter, context.cancel):
-            return getattr(module, f"run_{task}")(config, context)
+            return TASKS[task](config, context)
 
     return run_pipeline(task, to_dict(config), out, config.device, pipeline, reporter, cancel)
 
@@ -105,16 +233,7 @@ def command_run(args: argparse.Namespace) -> int:
     try:
         spec = read_job(job_dir)
         cancel = CancelToken(spec.cancel_path)
-        if spec.task == "texture":
-            config = texture_config_from_job(spec.settings, spec.mesh, spec.output_dir)
-        elif spec.task == "generate":
-            config = generate_config_from_job(spec.settings, spec.output_dir)
-            if config.stage1_state is not None:  # from job.json, or from the saved settings of a resumed run
-                config.stage1_state = str(spec.inside(config.stage1_state, "settings.stage1_state"))
-        elif spec.task == "edit":
-            config = edit_config_from_job(spec.settings, spec.source, spec.output_dir)
-        else:
-            raise JobFileError(f"This engine cannot run {spec.task!r} jobs yet.", "Update the engine.")
+        config = config_from_job(spec)
         return _run(spec.task, config, spec.output_dir, reporter, cancel)
     except EngineError as exc:
         reporter.emit("error", **exc.to_dict())

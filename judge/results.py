@@ -22,12 +22,12 @@ def render_result_views(mesh_path: str | Path, texture: np.ndarray | str | Path,
                         lighting: bool = False, up_axis: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(views, size, size, 3) float renders in [0, 1] of the mesh with the texture, and (views, size, size)
     masks. The mesh goes through the texture job's own preparation (normalisation, UVs as baked)."""
-    from ..bake.preview import render_textured
-    from ..mesh.load import load_mesh
-    from ..mesh.types import Normalization
-    from ..mesh.validate import validate_mesh
-    from ..render.cameras import orbit_cameras
-    from ..render.gbuffer import render_gbuffer
+    from engine.bake.preview import render_textured
+    from engine.mesh.load import load_mesh
+    from engine.mesh.types import Normalization
+    from engine.mesh.validate import validate_mesh
+    from engine.render.cameras import orbit_cameras
+    from engine.render.gbuffer import render_gbuffer
 
     if not isinstance(texture, np.ndarray):
         texture = np.asarray(Image.open(texture).convert("RGB"))
@@ -100,7 +100,7 @@ def _mean_probs(predictions: list[dict], key: str) -> dict[str, float]:
 def _used_texels(out_dir: Path) -> np.ndarray | None:
     """Mask of the texels the mesh's UV layout covers (the rest is padding/background)."""
     try:
-        from ..render.rasterize import rasterize_uv
+        from engine.render.rasterize import rasterize_uv
 
         texture = Image.open(out_dir / "texture.png")
         corner_uvs = np.load(out_dir / "corner_uvs.npy")

@@ -18,8 +18,11 @@ from engine.cli import build_parser, main
 from engine.config import GuidanceConfig
 from engine.guidance.score_distillation import score_distillation_loss
 from engine.mesh.load import load_mesh, load_textured_mesh
-from engine.pipelines.edit import encode_edit_prompts, preservation_loss, sample_texture
-from engine.pipelines.edit_config import EditJobConfig, edit_config_from_args, edit_config_from_job
+from engine.pipelines.edit_texture import encode_edit_prompts, sample_texture
+from engine.cli import edit_config_from_args
+from engine.config import EditJobConfig, edit_config_from_job
+from engine.pipelines.texture_step import (EagerTextureStep, GraphedTextureStep, Preservation, StaticTextureStep,
+                                           make_texture_step, preservation_loss)
 
 REPO = Path(__file__).resolve().parents[1]
 CUBE = REPO / "examples" / "cube.obj"
@@ -292,9 +295,10 @@ def test_preservation_weight_keeps_the_source(glb_job, tmp_path, tiny_pixel_prio
 
 
 def edit_step_args(source: Path, model: Path, preserve_weight: float = 50.0, device: str = "cpu"):
-    """What run_edit sets up before its loop, for one kind of step."""
+    """What run_edit sets up before its loop, for one kind of texture step with the edit's preservation."""
     from engine.field.texture_field import TextureField
-    from engine.pipelines.edit import load_field_state, open_source
+    from engine.pipelines.edit_texture import load_field_state
+    from engine.pipelines.kit.sources import open_source
     from engine.pipelines.texture import build_cameras
     from engine.pipelines.views import ViewPool
     from engine.prior.load import load_prior
@@ -320,19 +324,18 @@ def edit_step_args(source: Path, model: Path, preserve_weight: float = 50.0, dev
     views = ViewPool(torch.from_numpy(opened.mesh.unit.positions).to(device),
                      torch.from_numpy(opened.mesh.unit.triangles).to(device), cameras, config.render_size,
                      with_control=False)
-    return field, (field, source_field, prior, views, cameras, embeddings, config, generator, device)
+    preservation = Preservation(source_field, config.preserve_weight)
+    return field, (field, prior, views, cameras, embeddings, config, generator, device, preservation)
 
 
 def test_static_edit_step_equals_the_eager_step(glb_job, tiny_pixel_prior):
     """The padded, static-shape step (what a CUDA graph replays on GPUs) is the eager step's maths,
     preservation included."""
-    from engine.pipelines.edit import EagerEditStep, StaticEditStep, make_edit_step
-
-    eager = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior), EagerEditStep)
-    static = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior), StaticEditStep)
+    eager = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior), EagerTextureStep)
+    static = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior), StaticTextureStep)
     assert eager[0][-1] > eager[0][0], "the preservation term grows as the field leaves the source"
     assert_same_edit_steps(static, eager)
-    assert isinstance(make_edit_step(*edit_step_args(glb_job / "out", tiny_pixel_prior)[1]), EagerEditStep)
+    assert isinstance(make_texture_step(*edit_step_args(glb_job / "out", tiny_pixel_prior)[1]), EagerTextureStep)
 
 
 def run_edit_steps(field, args, make_step, steps: int = 4):
@@ -361,14 +364,12 @@ def assert_same_edit_steps(actual, expected, update_tolerance: float = 1e-3, fir
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_graphed_edit_step_matches_eager_on_cuda(glb_job, tiny_pixel_prior, monkeypatch):
-    from engine.pipelines.edit import EagerEditStep, GraphedEditStep, make_edit_step
-
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 means float32 here
-    eager = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior, device="cuda"), EagerEditStep)
+    eager = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior, device="cuda"), EagerTextureStep)
     field, args = edit_step_args(glb_job / "out", tiny_pixel_prior, device="cuda")
     initial = [p.detach().clone() for p in field.parameters()]
-    step = make_edit_step(*args)
-    assert isinstance(step, GraphedEditStep), step.warnings
+    step = make_texture_step(*args)
+    assert isinstance(step, GraphedTextureStep), step.warnings
     assert all(torch.equal(p, q) for p, q in zip(field.parameters(), initial)), "capture leaves the field as it was"
     graphed = run_edit_steps(field, args, lambda *_: step)
     assert_same_edit_steps(graphed, eager, first_step_entrywise=False)  # kernels differ in the last bit
@@ -513,7 +514,7 @@ def generated(tmp_path_factory, tiny_pixel_prior) -> Path:
     from engine.job.progress import CancelToken, ProgressReporter
     from engine.job.runner import run_pipeline
     from engine.pipelines.generate import run_generate
-    from engine.pipelines.generate_config import GenerateJobConfig
+    from engine.config import GenerateJobConfig
 
     out = tmp_path_factory.mktemp("generated") / "out"
     config = GenerateJobConfig(prompt="a red sphere", out=str(out), device="cpu", texture_size=64, preview_every=0,
@@ -563,7 +564,7 @@ def test_generated_assets_edit_appearance_or_geometry(generated, tmp_path, geome
 def test_geometry_edits_leave_out_the_planar_regions(generated, tmp_path, monkeypatch):
     """An asset refined with planar regions: its geometry edit continues the refinement's losses
     but these, which would hold its flat sides flat against an edit that rounds them."""
-    import engine.pipelines.generate as generate
+    import engine.pipelines.kit.refinement as refinement
 
     job_dir = tmp_path / "job"
     shutil.copytree(generated, job_dir / "asset")
@@ -575,7 +576,7 @@ def test_geometry_edits_leave_out_the_planar_regions(generated, tmp_path, monkey
     def never(*args):
         raise AssertionError("a geometry edit searched planar regions")
 
-    monkeypatch.setattr(generate, "find_planar_regions", never)
+    monkeypatch.setattr(refinement, "find_planar_regions", never)
     settings = {"target_prompt": "a blue sphere", "edit_prompt": "red", "steps": 2, "device": "cpu",
                 "render_size": 32, "preview_every": 0, "edit_geometry": True}
     code, _, _ = run_edit_job(job_dir, "asset", settings)

@@ -23,8 +23,10 @@ from engine.job.progress import CancelToken, ProgressReporter
 from engine.job.runner import run_pipeline
 from engine.mesh.extract import drop_fins, fit_placement, mesh_from_grid, sample_density_grid
 from engine.guidance.perp_neg import perp_neg_embeddings, relative_azimuth
-from engine.pipelines.generate import STAGE1_STATE, STAGE2_STATE, run_generate
-from engine.pipelines.generate_config import (GenerateJobConfig, add_generate_arguments, generate_config_from_args)
+from engine.job.state_files import NERF_STATE, REFINED_MESH_STATE
+from engine.pipelines.generate import run_generate
+from engine.cli import add_generate_arguments, generate_config_from_args
+from engine.config import GenerateJobConfig
 from engine.prior.load import BUNDLED_PRIOR_DIR
 
 
@@ -206,19 +208,19 @@ def test_stage1_alone_writes_a_state_and_a_mesh(stage1_run):
     for key in ("glb", "obj", "texture", "preview", "state_stage1", "config"):
         assert (stage1_run / result["outputs"][key]).is_file(), key
     assert "state_stage2" not in result["outputs"]
-    state = torch.load(stage1_run / STAGE1_STATE, weights_only=False)
+    state = torch.load(stage1_run / NERF_STATE, weights_only=False)
     assert state["complete"] and state["step"] == 8 and state["kind"] == "generate-stage1"
     assert (stage1_run / "previews" / "view_000004.png").is_file()
 
 
 def test_stage2_alone_from_a_saved_stage1_state(stage1_run, tiny_prior, tmp_path):
-    config = tiny_config(tiny_prior, tmp_path, stages="2", stage1_state=str(stage1_run / STAGE1_STATE))
+    config = tiny_config(tiny_prior, tmp_path, stages="2", stage1_state=str(stage1_run / NERF_STATE))
     events: list = []
     code, result = run_job(config, events=events)
     assert code == 0, result["error"]
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps == [1, 2, 3, 4]  # no stage-1 steps
-    state = torch.load(tmp_path / STAGE2_STATE, weights_only=False)
+    state = torch.load(tmp_path / REFINED_MESH_STATE, weights_only=False)
     assert state["complete"] and state["step"] == 4
     mesh = trimesh.load(tmp_path / result["outputs"]["glb"], force="mesh")
     assert len(mesh.faces) > 100
@@ -228,7 +230,7 @@ def test_stage2_alone_from_a_saved_stage1_state(stage1_run, tiny_prior, tmp_path
 
 
 def test_stage2_searches_planar_regions_every_planar_every_steps(stage1_run, tiny_prior, tmp_path, monkeypatch):
-    import engine.pipelines.generate as generate
+    import engine.pipelines.kit.refinement as refinement
 
     searched: list[int] = []
 
@@ -236,9 +238,9 @@ def test_stage2_searches_planar_regions_every_planar_every_steps(stage1_run, tin
         searched.append(positions.shape[0])
         return find_planar_regions(positions, *args)
 
-    find_planar_regions = generate.find_planar_regions
-    monkeypatch.setattr(generate, "find_planar_regions", counting)
-    config = tiny_config(tiny_prior, tmp_path, stages="2", stage1_state=str(stage1_run / STAGE1_STATE))
+    find_planar_regions = refinement.find_planar_regions
+    monkeypatch.setattr(refinement, "find_planar_regions", counting)
+    config = tiny_config(tiny_prior, tmp_path, stages="2", stage1_state=str(stage1_run / NERF_STATE))
     config.stage2.planar_weight, config.stage2.planar_every = 100.0, 2
     code, result = run_job(config)
     assert code == 0, result["error"]
@@ -255,8 +257,8 @@ def test_full_job_then_resume_after_cancel(tiny_prior, tmp_path):
     # Cancel during stage 1 (the 6th check is step 6's): a partial state is saved.
     code, result = run_job(config, cancel=CancelAfter(6))
     assert code == 130 and result["status"] == "cancelled"
-    assert result["outputs"]["state_stage1"] == STAGE1_STATE
-    partial = torch.load(tmp_path / "run" / STAGE1_STATE, weights_only=False)
+    assert result["outputs"]["state_stage1"] == NERF_STATE
+    partial = torch.load(tmp_path / "run" / NERF_STATE, weights_only=False)
     assert partial["step"] == 5 and not partial["complete"]
 
     # Resume: stage 1 continues at step 6, then stage 2 and the export run.
@@ -274,7 +276,7 @@ def test_full_job_then_resume_after_cancel(tiny_prior, tmp_path):
     for key in ("glb", "obj", "mtl", "texture", "preview", "state_stage1", "state_stage2", "state"):
         assert (out / result["outputs"][key]).is_file(), key
     assert result["timings"]["total_s"] > 0
-    assert torch.load(out / STAGE2_STATE, weights_only=False)["complete"]
+    assert torch.load(out / REFINED_MESH_STATE, weights_only=False)["complete"]
 
 
 def test_bad_settings_end_in_bad_input(tiny_prior, tmp_path):
@@ -302,7 +304,7 @@ def test_bad_settings_end_in_bad_input(tiny_prior, tmp_path):
 
 
 def test_bundled_preset_lies_under_the_settings_given():
-    from engine.pipelines.generate_config import generate_config_from_job
+    from engine.config import generate_config_from_job
 
     parser = argparse.ArgumentParser()
     add_generate_arguments(parser)
@@ -461,7 +463,7 @@ def nearest_colour(texture: np.ndarray) -> str:
 @bundled
 @pytest.mark.parametrize("prompt, shape, colour", [("a red sphere", "sphere", "red"), ("a blue cube", "cube", "blue")])
 def test_bundled_prior_makes_the_asked_shape_and_colour(prompt, shape, colour, tmp_path):
-    """`generate --model bundled` exactly as the CLI runs it (the preset in generate_config.py, its
+    """`generate --model bundled` exactly as the CLI runs it (the preset in engine/config/presets.py, its
     10,000-triangle mesh and 512 px texture); judged by judge and the mesh's shape measures."""
     from PIL import Image
 
@@ -499,17 +501,19 @@ def test_bundled_preset_sees_the_object_as_the_prior_was_trained():
     """The preset's cameras are the bundled prior's training cameras (world.json): stage 2's all of
     them, stage 1's the lower part of their elevations. A retrained prior with other views cannot
     silently keep the old ones."""
-    from engine.pipelines.generate_config import BUNDLED_PRESET_STAGE1, BUNDLED_PRESET_STAGE2
+    from engine.config import preset_for
+
+    stage1_preset, stage2_preset = preset_for("generate.stage1", "bundled")["stage1"], preset_for("generate.stage2", "bundled")["stage2"]
 
     world = json.loads((Path(__file__).resolve().parents[1] / "engine" / "prior" / "bundled" / "world.json").read_text())
     trained = {key: tuple(world["training_cameras"][key]) for key in ("elevation_deg", "distance", "fovy_deg")}
-    assert {key: tuple(value) for key, value in BUNDLED_PRESET_STAGE2["cameras"].items()} == trained
-    stage1 = {key: tuple(value) for key, value in BUNDLED_PRESET_STAGE1["cameras"].items()}
+    assert {key: tuple(value) for key, value in stage2_preset["cameras"].items()} == trained
+    stage1 = {key: tuple(value) for key, value in stage1_preset["cameras"].items()}
     for key in ("distance", "fovy_deg"):
         assert stage1[key] == trained[key]
     low, high = stage1["elevation_deg"]
     assert low == trained["elevation_deg"][0] and low < high < trained["elevation_deg"][1]
-    assert tuple(BUNDLED_PRESET_STAGE1["elevation_no_front_deg"]) == stage1["elevation_deg"]
+    assert tuple(stage1_preset["elevation_no_front_deg"]) == stage1["elevation_deg"]
 
 
 def test_angle_normal_consistency_prefers_one_sharp_fold_to_two_soft_ones():
@@ -543,7 +547,7 @@ def test_vertex_learning_rate_follows_the_edge_length():
     """offset_learning_rate_per_edge: the same step in edge lengths on a coarse and a fine mesh."""
     from engine.config import HashGridConfig
     from engine.refine.refinable_mesh import RefinableMesh
-    from engine.pipelines.generate_config import RefineStageConfig
+    from engine.config import RefineStageConfig
 
     stage = RefineStageConfig(offset_learning_rate_per_edge=0.1)
     rates = []

@@ -7,8 +7,9 @@ import torch
 import trimesh
 
 from engine.nerf.renderer import GEOMETRY_ALBEDO, render_nerf, shade_geometry
-from engine.pipelines.generate import build_nerf, render_mesh_geometry
-from engine.pipelines.generate_config import GenerateJobConfig, NerfStageConfig
+from engine.pipelines.generate import build_nerf
+from engine.pipelines.kit.refinement import render_mesh_geometry
+from engine.config import GenerateJobConfig, NerfStageConfig
 from engine.render.cameras import orbit_cameras
 from engine.render.gbuffer import render_gbuffer
 from engine.render.shading import sample_lighting

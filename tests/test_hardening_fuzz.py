@@ -98,7 +98,7 @@ def cheap_runs(monkeypatch):
         raise Cancelled("stopped by the fuzz test before model work")
 
     monkeypatch.setattr(load, "load_prior", refuse)
-    for module in ("texture", "generate", "edit"):
+    for module in ("texture", "generate", "edit_texture", "edit_geometry"):
         pipeline = __import__(f"engine.pipelines.{module}", fromlist=["load_prior"])
         if hasattr(pipeline, "load_prior"):
             monkeypatch.setattr(pipeline, "load_prior", refuse)

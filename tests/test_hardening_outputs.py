@@ -195,7 +195,7 @@ def test_a_stale_cancel_file_does_not_cancel_the_next_run(tmp_path):
 
 def test_resume_finds_the_settings_a_killed_run_left_in_its_partial_folder(tmp_path):
     # SIGKILL leaves a first run's generate_config.json in `.partial-<pid>/`, never published.
-    from engine.pipelines.generate_config import load_saved_config
+    from engine.config import load_saved_config
 
     out = tmp_path / "out"
     killed = out / ".partial-99999"

@@ -12,7 +12,7 @@ from engine.errors import BadInputError
 from engine.mesh.extract import marching_cubes
 from engine.refine.losses import face_adjacency
 from engine.refine.planar import find_planar_regions, planar_loss
-from engine.pipelines.generate_config import RefineStageConfig
+from engine.config import RefineStageConfig
 from engine.render.antialias import edge_neighbours
 
 

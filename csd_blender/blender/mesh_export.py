@@ -8,18 +8,7 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-
-class UserError(Exception):
-    """Something the artist can fix; shown as a message, never as a traceback."""
-
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def text(self) -> str:
-        return self.message + (f" {self.hint}" if self.hint else "")
-
+from ..exchange.errors import UserError
 
 TYPE_NAMES = {'CURVE': "a curve", 'SURFACE': "a surface", 'META': "a metaball", 'FONT': "a text object",
               'CURVES': "a hair object", 'POINTCLOUD': "a point cloud", 'VOLUME': "a volume",
@@ -59,7 +48,7 @@ def check_mesh_object(obj) -> None:
         raise UserError(f"'{obj.name}' has no faces.", "Texturing needs a mesh with faces (fill it, or pick another).")
 
 
-def _mesh_counts(mesh) -> dict:
+def mesh_counts(mesh) -> dict:
     return {"vertices": len(mesh.vertices), "loops": len(mesh.loops), "polygons": len(mesh.polygons)}
 
 
@@ -68,7 +57,7 @@ def export_evaluated_mesh(obj, depsgraph) -> ExportedMesh:
     check_mesh_object(obj)
     if obj.mode == 'EDIT':
         obj.update_from_editmode()
-    original_counts = _mesh_counts(obj.data)
+    original_counts = mesh_counts(obj.data)
     obj_eval = obj.evaluated_get(depsgraph)
     mesh = obj_eval.to_mesh()
     try:
@@ -102,7 +91,7 @@ def export_evaluated_mesh(obj, depsgraph) -> ExportedMesh:
             uv = np.empty(len(mesh.loops) * 2, dtype=np.float32)
             active.data.foreach_get("uv", uv)
             corner_uvs = uv.reshape(-1, 2)[loops].reshape(-1, 3, 2)
-        same = _mesh_counts(mesh) == original_counts
+        same = mesh_counts(mesh) == original_counts
         return ExportedMesh(world.astype(np.float32), tris.reshape(-1, 3), corner_uvs, loops.reshape(-1, 3),
                             uv_map, same, original_counts)
     finally:

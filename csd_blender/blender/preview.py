@@ -116,7 +116,7 @@ def clear_overlay() -> None:
 
 
 def tag_redraw(area_types: tuple[str, ...], context=None) -> None:
-    """Redraw every open area of these types (also the add-on's panels, through operators.redraw)."""
+    """Redraw every open area of these types."""
     wm = getattr(context or bpy.context, "window_manager", None)
     if wm is None:
         return
@@ -124,6 +124,11 @@ def tag_redraw(area_types: tuple[str, ...], context=None) -> None:
         for area in window.screen.areas:
             if area.type in area_types:
                 area.tag_redraw()
+
+
+def redraw_panels(context=None) -> None:
+    """Redraw where the add-on shows its state: the sidebar panel, the status bar, the preferences."""
+    tag_redraw(('VIEW_3D', 'STATUSBAR', 'PREFERENCES'), context)
 
 
 def _tag_redraw() -> None:

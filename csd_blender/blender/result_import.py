@@ -13,10 +13,17 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..exchange import jobs as jobs_mod
-from ..exchange.engine_output import EngineOutputError, check_file, read_corner_uvs, recheck_inside
+from ..exchange import job_folder
+from ..exchange.engine_output import (
+    EngineOutputError,
+    check_file,
+    read_corner_uvs,
+    recheck_inside,
+)
+from ..exchange.errors import UserError
+from ..exchange.requests import EditRequest, GenerateRequest, ObjectRef, TextureRequest
 from ..exchange.result import ADVICE
-from .mesh_export import UserError
+from . import mesh_export
 
 CSD_UV = "CSD UV"
 MAX_UV_MAPS = 8
@@ -32,18 +39,18 @@ def short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def find_object(payload: dict):
+def find_object(ref: ObjectRef):
     """The job's object, found again by its session id (survives renames), else by name."""
-    uid = payload.get("object_uid")
+    uid = ref.uid
     if uid is not None:
         for obj in bpy.data.objects:
             if getattr(obj, "session_uid", None) == uid:
                 return obj
-    name = payload.get("object_name")
+    name = ref.name
     obj = bpy.data.objects.get(name) if name else None
     if obj is not None and uid is not None and getattr(obj, "session_uid", uid) != uid:
         # Same name, different object: only accept it if it is still a mesh of the same size.
-        counts = payload.get("counts")
+        counts = ref.counts
         if obj.type != 'MESH' or (counts and len(obj.data.loops) != counts.get("loops")):
             return None
     return obj
@@ -92,7 +99,7 @@ def load_image(path: Path, name: str, storage: str, created: Created):
     if storage == 'FILE' and blend:
         folder = Path(bpy.path.abspath("//textures"))
         folder.mkdir(parents=True, exist_ok=True)
-        stem = jobs_mod.slug(name, 48)
+        stem = job_folder.slug(name, 48)
         dest = folder / f"{stem}.png"
         index = 1
         while dest.exists():
@@ -107,7 +114,7 @@ def load_image(path: Path, name: str, storage: str, created: Created):
     else:
         image = created.add(bpy.data.images, bpy.data.images.load(str(path), check_existing=False))
         image.pack()
-        image.filepath_raw = f"//textures/{jobs_mod.slug(name, 48)}.png"
+        image.filepath_raw = f"//textures/{job_folder.slug(name, 48)}.png"
     image.name = name
     if image.size[0] == 0:
         raise UserError("The engine's texture could not be read.", "")
@@ -168,8 +175,7 @@ class _ObjectMode:
 def add_corner_uvs(obj, corner_uvs: np.ndarray, tri_loops: np.ndarray, counts: dict) -> str:
     """A new UV map from the engine's per-corner UVs (in mesh.npz's triangle order)."""
     mesh = obj.data
-    now = {"vertices": len(mesh.vertices), "loops": len(mesh.loops), "polygons": len(mesh.polygons)}
-    if now != counts:
+    if mesh_export.mesh_counts(mesh) != counts:
         raise UserError(f"'{obj.name}' was edited while the engine worked, so the new UV layout no longer fits.",
                         "Run Texture Selected again.")
     corner_uvs = np.asarray(corner_uvs, dtype=np.float32)
@@ -204,11 +210,11 @@ def store_result(job, results_root: Path) -> Path:
     """Keep the job's outputs (with the engine's saved state) for later edits."""
     dest = Path(results_root) / job.job_dir.name
     if dest.exists():
-        jobs_mod.remove_tree(dest)
+        job_folder.remove_tree(dest)
     if job.keep_dir:
         shutil.copytree(job.output_dir, dest, symlinks=True)  # a link stays a link, never the file it names
     else:
-        jobs_mod.move_tree(job.output_dir, dest)
+        job_folder.move_tree(job.output_dir, dest)
     return dest
 
 
@@ -221,10 +227,10 @@ def _revision_of(idblock) -> int:
 
 def import_texture(job, storage: str, results_root: Path) -> str:
     """A texture (or texture edit) result onto the original object: new image, new material, maybe a UV map."""
-    payload = job.payload
-    obj = find_object(payload)
+    request: TextureRequest | EditRequest = job.request
+    obj = find_object(request.target)
     if obj is None or obj.type != 'MESH':
-        raise UserError(f"'{payload.get('object_name')}' was deleted while the engine worked; the result was not applied.",
+        raise UserError(f"'{request.target.name}' was deleted while the engine worked; the result was not applied.",
                         f"The result is kept in {job.output_dir}.")
     created = Created()
     mesh = obj.data
@@ -236,22 +242,22 @@ def import_texture(job, storage: str, results_root: Path) -> str:
     try:
         with _ObjectMode(obj):
             texture_path = output_file(job, "texture")
-            uv_map = payload.get("uv_map")
-            if payload.get("needs_uvs"):
+            uv_map = request.uv_map
+            if isinstance(request, TextureRequest) and request.needs_uvs:
                 uv_path = output_file(job, "corner_uvs", required=False)
                 if uv_path is None:
                     raise UserError("The engine did not return the UV layout it made for this mesh.",
                                     "Update the engine, or give the mesh a UV map (UV > Smart UV Project).")
-                tri_loops = np.asarray(payload["tri_loops"])
+                tri_loops = np.asarray(request.tri_loops)
                 try:
                     corner_uvs = read_corner_uvs(uv_path, len(tri_loops))
                 except EngineOutputError as exc:
                     raise UserError(f"The engine's output was refused: {exc}.", ADVICE["bad_output"]) from None
-                uv_map = add_corner_uvs(obj, corner_uvs, tri_loops, payload["counts"])
+                uv_map = add_corner_uvs(obj, corner_uvs, tri_loops, request.target.counts)
             elif not uv_map or uv_map not in mesh.uv_layers:
                 raise UserError(f"The UV map '{uv_map}' of '{obj.name}' was removed while the engine worked.",
                                 "Run the job again.")
-            prompt = payload.get("prompt", "")
+            prompt = request.prompt
             revision = _revision_of(obj) + 1
             label = short(prompt) + (f" rev {revision}" if job.task == "edit" else "")
             image = load_image(texture_path, f"CSD {label}", storage, created)
@@ -262,7 +268,7 @@ def import_texture(job, storage: str, results_root: Path) -> str:
             apply_material(obj, mat)
             for key, value in props.items():
                 obj[key] = value
-            if payload.get("source_task") == "generate":
+            if isinstance(request, EditRequest) and request.source_task == "generate":
                 obj[PROP_TASK] = "generate"
     except BaseException:
         # put the object back exactly as it was
@@ -334,14 +340,14 @@ def _remove_objects(objects) -> None:
 
 def import_generated(job, context, results_root: Path) -> str:
     """Generate Asset: the GLB becomes new object(s) at the 3D cursor, named after the prompt."""
-    payload = job.payload
+    request: GenerateRequest = job.request
     glb = output_file(job, "glb")
     created: list = []
     try:
         roots = import_glb_objects(glb, context, created)
         _pack_images_in(created, job.job_dir)
-        name = short(payload.get("prompt", "CSD asset"), 60)
-        location = payload.get("location", (0.0, 0.0, 0.0))
+        name = short(request.prompt, 60)
+        location = request.location
         stored = store_result(job, results_root)
         for index, root in enumerate(roots):
             root.name = name if index == 0 else f"{name}.{index:03d}"
@@ -349,7 +355,7 @@ def import_generated(job, context, results_root: Path) -> str:
         for obj in created:
             obj[PROP_RESULT] = str(stored)
             obj[PROP_TASK] = "generate"
-            obj[PROP_PROMPT] = payload.get("prompt", "")
+            obj[PROP_PROMPT] = request.prompt
             obj[PROP_REVISION] = 1
             if obj.type == 'MESH' and obj.data.uv_layers.active is not None:
                 obj[PROP_UV_MAP] = obj.data.uv_layers.active.name
@@ -361,10 +367,10 @@ def import_generated(job, context, results_root: Path) -> str:
 
 def import_edited_object(job, context, results_root: Path) -> str:
     """A geometry edit of a generated asset: a new object revision where the original stands."""
-    payload = job.payload
-    original = find_object(payload)
+    request: EditRequest = job.request
+    original = find_object(request.target)
     if original is None:
-        raise UserError(f"'{payload.get('object_name')}' was deleted while the engine worked; the result was not applied.",
+        raise UserError(f"'{request.target.name}' was deleted while the engine worked; the result was not applied.",
                         f"The result is kept in {job.output_dir}.")
     glb = output_file(job, "glb")
     created: list = []
@@ -380,7 +386,7 @@ def import_edited_object(job, context, results_root: Path) -> str:
         for obj in created:
             obj[PROP_RESULT] = str(stored)
             obj[PROP_TASK] = "generate"
-            obj[PROP_PROMPT] = payload.get("prompt", "")
+            obj[PROP_PROMPT] = request.prompt
             obj[PROP_REVISION] = revision
         original.hide_set(True)
     except BaseException:

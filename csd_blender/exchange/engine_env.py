@@ -11,20 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine_output import EngineOutputError, parse_json
-from .process import engine_env, _popen_kwargs
+from .errors import UserError
+from .process import _popen_kwargs, engine_process_env
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the extension's folder
 VENDORED_ENGINE = PACKAGE_DIR / "engine_src"  # build.py puts engine/ here
 REQUIREMENTS = PACKAGE_DIR / "requirements-engine.txt"
-
-
-class EngineUnavailable(Exception):
-    """The engine cannot be started; message and hint are for the artist."""
-
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 def venv_python(venv_dir: Path) -> Path:
@@ -54,9 +46,9 @@ def resolve_python(configured: str, default_venv: Path | None) -> Path:
         return path
     if default_venv is not None and venv_python(default_venv).exists():
         return venv_python(default_venv)
-    raise EngineUnavailable("No engine Python is set.",
-                            "Open Edit > Preferences > Add-ons > CSD and set the engine Python, "
-                            "or click 'Set up engine'.")
+    raise UserError("No engine Python is set.",
+                    "Open Edit > Preferences > Add-ons > CSD and set the engine Python, "
+                    "or click 'Set up engine'.")
 
 
 _QUICK_CACHE: dict = {}
@@ -71,11 +63,11 @@ def quick_check(python: Path, timeout: float = 30.0) -> None:
     """Fail fast, with advice, when the engine Python is missing or has no PyTorch (no torch import)."""
     python = Path(python)
     if not python.exists():
-        raise EngineUnavailable(f"The engine Python was not found: {python}",
-                                "Set the engine Python in the add-on's preferences, or click 'Set up engine'.")
+        raise UserError(f"The engine Python was not found: {python}",
+                        "Set the engine Python in the add-on's preferences, or click 'Set up engine'.")
     if not os.access(python, os.X_OK) or python.is_dir():
-        raise EngineUnavailable(f"The engine Python cannot be run: {python}",
-                                "Choose the python executable of the engine's environment.")
+        raise UserError(f"The engine Python cannot be run: {python}",
+                        "Choose the python executable of the engine's environment.")
     try:
         stamp = python.stat().st_mtime
     except OSError:
@@ -86,19 +78,19 @@ def quick_check(python: Path, timeout: float = 30.0) -> None:
         try:
             code = subprocess.run([str(python), "-c", _QUICK_SCRIPT], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env=engine_env(None), timeout=timeout).returncode
+                                  env=engine_process_env(None), timeout=timeout).returncode
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise EngineUnavailable(f"The engine Python could not be started ({exc}).",
-                                    "Choose a working Python 3.11+ in the add-on's preferences.") from None
+            raise UserError(f"The engine Python could not be started ({exc}).",
+                            "Choose a working Python 3.11+ in the add-on's preferences.") from None
         if code == 0:
             _QUICK_CACHE[key] = code
     if code == 3:
-        raise EngineUnavailable(f"The engine Python has no PyTorch: {python}",
-                                "Click 'Set up engine' in the add-on's preferences, or install the engine's "
-                                "requirements into that Python.")
+        raise UserError(f"The engine Python has no PyTorch: {python}",
+                        "Click 'Set up engine' in the add-on's preferences, or install the engine's "
+                        "requirements into that Python.")
     if code != 0:
-        raise EngineUnavailable(f"The engine Python does not work (exit code {code}): {python}",
-                                "Choose a working Python 3.11+ in the add-on's preferences.")
+        raise UserError(f"The engine Python does not work (exit code {code}): {python}",
+                        "Choose a working Python 3.11+ in the add-on's preferences.")
 
 
 def forget_checks() -> None:

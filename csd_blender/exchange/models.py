@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .engine_env import BackgroundCommand
-from .process import engine_env
+from .process import engine_process_env
 from .progress import JobProgress, JsonlTail, format_bytes
 
 # How long a cancelled download gets to stop before it is killed (files fetched so far are kept).
@@ -82,7 +82,7 @@ class ModelDownload:
         self.model = model
         # cwd: the log's folder, so `-m engine` cannot pick up an "engine" folder from wherever Blender was started.
         self.command = BackgroundCommand(argv, log_path, cwd=Path(log_path).parent,
-                                         env=engine_env(engine_src, {**(env_extra or {}), "HF_HUB_OFFLINE": None}))
+                                         env=engine_process_env(engine_src, {**(env_extra or {}), "HF_HUB_OFFLINE": None}))
         self.progress = JobProgress()
         self.tail = JsonlTail(log_path)
         self.returncode: int | None = None

@@ -18,7 +18,7 @@ from . import protocol
 CANCEL_GRACE_S = 30.0
 
 
-def engine_env(engine_src: Path | None, extra: dict | None = None) -> dict:
+def engine_process_env(engine_src: Path | None, extra: dict | None = None) -> dict:
     """The environment for the engine: its source on PYTHONPATH, unbuffered output.
 
     Blender's own Python variables are dropped so the engine's interpreter is not
@@ -69,7 +69,7 @@ class EngineProcess:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self.command, cwd=str(self.job_dir), env=engine_env(self.engine_src, self.env_extra),
+                self.command, cwd=str(self.job_dir), env=engine_process_env(self.engine_src, self.env_extra),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **_popen_kwargs())
         finally:
             log.close()

@@ -1,4 +1,9 @@
-"""Names and numbers of the job folder protocol, version 1 (docs/job-protocol.md)."""
+"""Names and numbers of the job folder protocol, version 1 (docs/job-protocol.md).
+
+The engine defines the same values on its side (engine/job/protocol.py, engine/errors.py,
+engine/config.py); the add-on cannot import the engine (another Python), so
+tests/blender/test_protocol_constants.py checks the two sides equal.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ RESULT_FILE = "result.json"
 LOG_FILE = "engine.log"
 
 TASKS = ("texture", "generate", "edit")
+
+# The settings' negative prompt when the artist leaves it as it is.
+DEFAULT_NEGATIVE_PROMPT = "oversaturated color, ugly, tiling, low quality, noisy"
 
 # Exit codes and their kinds, as the engine documents them.
 EXIT_ENGINE_ERROR = 1

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import jobs as jobs_mod
-from . import protocol
+from . import job_folder, protocol
 from .process import EngineProcess
 from .progress import JobProgress, JsonlTail
+from .requests import JobRequest
 from .result import Outcome, interpret
 
 QUEUED = "queued"
@@ -44,7 +44,7 @@ class Report:
 
 class Job:
     def __init__(self, task: str, label: str, job_dir: Path, python: str, engine_src: Path | None,
-                 env_extra: dict | None = None, keep_dir: bool = False, payload: dict | None = None):
+                 env_extra: dict | None = None, keep_dir: bool = False, request: JobRequest | None = None):
         self.id = next(_ids)
         self.task = task
         self.label = label
@@ -53,7 +53,7 @@ class Job:
         self.engine_src = engine_src
         self.env_extra = env_extra or {}
         self.keep_dir = keep_dir
-        self.payload = payload or {}
+        self.request = request  # what the import needs; None for a job followed without importing
         self.owner = None  # the operator that imports the result
         self.state = QUEUED
         self.progress = JobProgress()
@@ -163,7 +163,7 @@ class Job:
         """Remove the job folder after success or cancel unless kept; a failed one stays for its log."""
         if self.keep_dir or failed:
             return
-        jobs_mod.remove_tree(self.job_dir)
+        job_folder.remove_tree(self.job_dir)
 
     def describe(self) -> str:
         names = {"texture": "Texture", "generate": "Generate", "edit": "Edit"}
@@ -229,6 +229,9 @@ class JobQueue:
                     job.poll()
                 break
         self._collect()
+
+    def set_report(self, level: str, message: str, hint: str = "") -> None:
+        self.last_report = Report(level, message, hint)
 
     def record(self, job: Job) -> None:
         if job.report is not None:

@@ -25,9 +25,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from collections.abc import Sequence
+
 from ..config import GuidanceConfig
-from .score_distillation import (DistillationStep, csd_direction, perp_neg_removal, sample_timesteps,
-                                           sds_direction, surrogate_loss, weight_gradient)
+from .score_distillation import (DistillationStep, csd_direction, distill, perp_neg_removal,
+                                 sample_timesteps_and_noise, sds_direction)
 
 FRONT_AZIMUTH_DEG = -90.0
 # The view prompts' order: their index is what view_indices returns.
@@ -112,22 +114,18 @@ def perp_neg_distillation_loss(prior, x: Tensor, positive: Tensor, uncond: Tenso
     SDS takes them against e("").
     """
     batch = x.shape[0]
-    timesteps = sample_timesteps(batch, config.t_range_at(step), prior.num_train_timesteps, generator, x.device)
-    noise = torch.randn(x.shape, generator=generator).to(device=x.device, dtype=torch.float32)
+    timesteps, noise = sample_timesteps_and_noise(x.shape, config.t_range_at(step), prior.num_train_timesteps,
+                                                  generator, x.device)
     embeddings = torch.cat([positive, uncond.expand(batch, -1, -1), negative.expand(batch, -1, -1),
                             others.reshape(-1, *others.shape[2:])])
-    parts = embeddings.shape[0] // batch
-    with torch.no_grad():
-        noisy = prior.add_noise(x.detach().float(), noise, timesteps)
-        eps = prior.predict_noise(noisy.repeat(parts, 1, 1, 1), timesteps.repeat(parts), embeddings).float()
-        eps_text, eps_uncond, eps_negative = eps[:batch], eps[batch:2 * batch], eps[2 * batch:3 * batch]
-        eps_others = eps[3 * batch:].reshape(2, batch, *eps.shape[1:])
-        weights = other_weights.to(eps.device)
+
+    def direction(eps: Sequence[Tensor]) -> Tensor:
+        eps_text, eps_uncond, eps_negative = eps[:3]
+        eps_others, weights = torch.stack(eps[3:]), other_weights.to(eps_text.device)
         if config.mode == "sds":
             removal = perp_neg_removal(eps_text, eps_uncond, eps_others, weights)
-            direction = sds_direction(eps_text - removal, eps_uncond, noise, config.cfg_scale)
-        else:
-            removal = perp_neg_removal(eps_text, eps_negative, eps_others, weights)
-            direction = csd_direction(eps_text, eps_uncond, eps_negative, config.w1, config.w2_at(step)) - removal
-        gradient = weight_gradient(direction, prior.alphas_cumprod[timesteps], prior.pixel_space)
-    return DistillationStep(surrogate_loss(x.float(), gradient), timesteps, gradient)
+            return sds_direction(eps_text - removal, eps_uncond, noise, config.cfg_scale)
+        removal = perp_neg_removal(eps_text, eps_negative, eps_others, weights)
+        return csd_direction(eps_text, eps_uncond, eps_negative, config.w1, config.w2_at(step)) - removal
+
+    return distill(prior, x, noise, timesteps, embeddings, direction)

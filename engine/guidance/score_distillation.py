@@ -8,28 +8,41 @@ conventions (shared/reference/csd-settings.md):
     edit               g     = w1 * d(y_target) - w2 * d(y_edit)          (Eq. 11)
     SDS + CFG          g     = e("") + s * (e(y) - e("")) - eps           (Eq. 5, 6)
 
-CSD never uses the injected noise `eps`; SDS does. All predictions come from one batched
-prior call under no_grad. The gradient reaches the parameters through the surrogate loss
+CSD never uses the injected noise `eps`; SDS does. One skeleton, `distill`, does every step:
+noise x at the timesteps, one batched prior call under no_grad for all the prompts, the direction
+from those predictions, the weighting w(t), and the surrogate loss
 0.5 * ||x - stopgrad(x - g)||^2 / batch, whose gradient w.r.t. x is exactly g / batch.
+Its callers differ only in their prompts and direction: `score_distillation_loss` (Eq. 5-11),
+Perp-Neg (guidance/perp_neg.py), and the texture job's static step (pipelines/texture_step.py),
+which passes fixed noise and timestep buffers and w2 as a tensor so that a CUDA graph can replay it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
 import torch
 
 from ..config import GuidanceConfig
 
+# The direction of one step from the prior's predictions, one (B, C, H, W) per prompt in the
+# order of the embeddings passed to `distill`.
+Direction = Callable[[Sequence[torch.Tensor]], torch.Tensor]
+
 
 def csd_direction(eps_text: torch.Tensor, eps_uncond: torch.Tensor, eps_negative: torch.Tensor | None,
-                  w1: float, w2: float) -> torch.Tensor:
+                  w1: float, w2: float | torch.Tensor) -> torch.Tensor:
     """Eq. 10 (and Eq. 7 when eps_negative is None or w2 == 0; Eq. 11 for edits). eps_uncond may be
-    None when w2 == w1: then the unconditional prediction cancels out of Eq. 10."""
+    None when w2 == w1: then the unconditional prediction cancels out of Eq. 10.
+
+    w2 may be a 0-d tensor (a CUDA graph's buffer): it is then always applied, since reading its
+    value would sync with the GPU; w2 = 0 subtracts an exact zero."""
     if eps_uncond is None:
         return w1 * eps_text - w2 * eps_negative
     direction = w1 * (eps_text - eps_uncond)
-    if eps_negative is not None and w2 != 0.0:
+    if eps_negative is not None and (torch.is_tensor(w2) or w2 != 0.0):
         direction = direction - w2 * (eps_negative - eps_uncond)
     return direction
 
@@ -77,6 +90,15 @@ def sample_timesteps(batch: int, t_range: tuple[float, float], num_train_timeste
     return torch.randint(low, high, (batch,), generator=generator, device="cpu").to(device)
 
 
+def sample_timesteps_and_noise(shape: torch.Size, t_range: tuple[float, float], num_train_timesteps: int,
+                               generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's random draws, in the order every step makes them: the timesteps (one per sample),
+    then the float32 noise of the model input's shape."""
+    timesteps = sample_timesteps(shape[0], t_range, num_train_timesteps, generator, device)
+    noise = torch.randn(shape, generator=generator).to(device=device, dtype=torch.float32)
+    return timesteps, noise
+
+
 def weight_gradient(direction: torch.Tensor, alphas_cumprod_t: torch.Tensor, pixel_space: bool) -> torch.Tensor:
     """Released convention: latent models use w(t) = 1 - alpha_bar_t; pixel models w(t) = 1 and
     the gradient divided by its L2 norm over the whole batch (threestudio's grad / grad.norm()).
@@ -91,12 +113,13 @@ def weight_gradient(direction: torch.Tensor, alphas_cumprod_t: torch.Tensor, pix
     return torch.nan_to_num(weights.to(direction.dtype) * direction)
 
 
-def guidance_direction(config: GuidanceConfig, step: int, eps_text: torch.Tensor, eps_uncond: torch.Tensor,
-                       eps_negative: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
-    """The unweighted direction the config asks for at this step."""
+def guidance_direction(config: GuidanceConfig, w2: float | torch.Tensor, eps_text: torch.Tensor,
+                       eps_uncond: torch.Tensor | None, eps_negative: torch.Tensor | None,
+                       noise: torch.Tensor) -> torch.Tensor:
+    """The unweighted direction the config asks for, with the step's w2 (config.w2_at(step))."""
     if config.mode == "sds":
         return sds_direction(eps_text, eps_uncond, noise, config.cfg_scale)
-    return csd_direction(eps_text, eps_uncond, eps_negative, config.w1, config.w2_at(step))
+    return csd_direction(eps_text, eps_uncond, eps_negative, config.w1, w2)
 
 
 def prompts_used(config: GuidanceConfig, step: int, num_prompts: int) -> list[int]:
@@ -113,26 +136,49 @@ def prompts_used(config: GuidanceConfig, step: int, num_prompts: int) -> list[in
     return [0, 1, 2]
 
 
+def batch_embeddings(embeddings: torch.Tensor, batch: int) -> torch.Tensor:
+    """(K, L, D), each prompt paired with the whole batch, or (K, B, L, D), one per prompt and
+    sample, -> (K * B, L, D) in the prior call's order: prompt-major."""
+    return embeddings.repeat_interleave(batch, dim=0) if embeddings.dim() == 3 else embeddings.flatten(0, 1)
+
+
+def distill(prior, x: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor,
+            direction: Direction, control=None,
+            around_prior_call: Sequence[AbstractContextManager] = ()) -> DistillationStep:
+    """The skeleton of every score-distillation step on model input x (B, C, H, W), which carries
+    the autograd graph: x noised with `noise` at `timesteps`, one no-grad prior call for all
+    K = len(embeddings) / B prompts (embeddings (K * B, L, D), prompt-major), `direction` of the
+    K predictions, weighted by w(t), as the surrogate loss. `around_prior_call` are entered around
+    the prior call only (faster ways to run the networks)."""
+    batch = x.shape[0]
+    parts = embeddings.shape[0] // batch
+    with torch.no_grad():
+        noisy = prior.add_noise(x.detach().float(), noise, timesteps)
+        with ExitStack() as stack:
+            for context in around_prior_call:
+                stack.enter_context(context)
+            eps = prior.predict_noise(noisy.repeat(parts, 1, 1, 1), timesteps.repeat(parts), embeddings,
+                                      control).float()
+        gradient = weight_gradient(direction(eps.split(batch)), prior.alphas_cumprod[timesteps], prior.pixel_space)
+    return DistillationStep(surrogate_loss(x.float(), gradient), timesteps, gradient)
+
+
 def score_distillation_loss(prior, x: torch.Tensor, embeddings: torch.Tensor, config: GuidanceConfig, step: int,
                             generator: torch.Generator, control=None) -> DistillationStep:
-    """One score-distillation step on model input x (B, C, H, W) that carries the autograd graph.
+    """One score-distillation step (Eq. 5-11) on model input x (B, C, H, W) that carries the autograd graph.
 
     embeddings are in the order [prompt, "", negative] (negative optional; for edits [target, "", edit]),
     all K predictions from one prior call: (K, L, D), each prompt paired with the whole batch, or
     (K, B, L, D), one embedding per prompt and sample (view-dependent prompts).
     """
-    batch = x.shape[0]
-    timesteps = sample_timesteps(batch, config.t_range_at(step), prior.num_train_timesteps, generator, x.device)
-    noise = torch.randn(x.shape, generator=generator).to(device=x.device, dtype=torch.float32)
+    timesteps, noise = sample_timesteps_and_noise(x.shape, config.t_range_at(step), prior.num_train_timesteps,
+                                                  generator, x.device)
     used = prompts_used(config, step, embeddings.shape[0])
-    with torch.no_grad():
-        noisy = prior.add_noise(x.detach().float(), noise, timesteps)
-        chosen = embeddings[used]
-        chosen = chosen.repeat_interleave(batch, dim=0) if chosen.dim() == 3 else chosen.flatten(0, 1)
-        eps = prior.predict_noise(noisy.repeat(len(used), 1, 1, 1), timesteps.repeat(len(used)), chosen,
-                                  control).float()
-        predictions = dict(zip(used, eps.split(batch)))
+    w2 = config.w2_at(step)
+
+    def direction(eps: Sequence[torch.Tensor]) -> torch.Tensor:
+        predictions = dict(zip(used, eps))
         eps_text, eps_uncond, eps_negative = (predictions.get(k) for k in range(3))
-        direction = guidance_direction(config, step, eps_text, eps_uncond, eps_negative, noise)
-        gradient = weight_gradient(direction, prior.alphas_cumprod[timesteps], prior.pixel_space)
-    return DistillationStep(surrogate_loss(x.float(), gradient), timesteps, gradient)
+        return guidance_direction(config, w2, eps_text, eps_uncond, eps_negative, noise)
+
+    return distill(prior, x, noise, timesteps, batch_embeddings(embeddings[used], x.shape[0]), direction, control)

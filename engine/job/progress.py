@@ -52,6 +52,11 @@ class ProgressReporter:
         if self.human and event == "stage":
             sys.stderr.write(f"\n{fields.get('name', '')}...\n")
 
+    def warnings(self, messages) -> None:
+        """One warning event per message (a mesh's repairs, the ControlNets a prior picked, ...)."""
+        for message in messages:
+            self.emit("warning", message=message)
+
     def stage(self, name: str) -> None:
         self.emit("stage", name=name)
 

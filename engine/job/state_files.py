@@ -1,5 +1,6 @@
-"""Every saved state of a job, written and read in one place: a texture or edit job's state.pt,
-a generate job's stage1.pt and stage2.pt.
+"""Every file a job leaves for the next, written and read in one place: a texture or edit job's
+texture state (state.pt), a generate job's NeRF state (stage1.pt) and refined-mesh state
+(stage2.pt, with the frame its export was written in). docs/job-protocol.md describes them.
 
 A state is a dict of tensors, numbers, strings, lists and dicts saved with `torch.save`, and it
 is read back with `torch.load(weights_only=True)` only: a state file may come from anyone (a
@@ -15,8 +16,9 @@ import contextlib
 import io
 import pickle
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator, Self
 
 import torch
 
@@ -24,6 +26,9 @@ from ..errors import BadInputError
 from ..files import atomic_write_bytes
 from .paths import open_inside
 
+TEXTURE_STATE = "state.pt"
+NERF_STATE = "stage1.pt"
+REFINED_MESH_STATE = "stage2.pt"
 TEXTURE_KIND = "texture"
 STAGE1_KIND = "generate-stage1"
 STAGE2_KIND = "generate-stage2"
@@ -37,6 +42,88 @@ REQUIRED_ENTRIES: dict[str, dict[str, type]] = {
     STAGE2_KIND: {**_GENERATE_ENTRIES, "placement": dict, "normalization": dict},
 }
 RERUN_HINT = "Run the job that wrote it again with this engine."
+
+
+class SavedState:
+    """A state file: its dataclass fields are its entries, written in field order (an entry that is
+    None is left out). `optional` names the entries a state may lack or carry in another type,
+    with the value that stands for them; the others are checked by `check_state`."""
+
+    kind: ClassVar[str]
+    file_name: ClassVar[str]
+    optional: ClassVar[dict[str, tuple[type, Any]]] = {}
+
+    def save(self, folder: Path) -> str:
+        entries = {entry.name: getattr(self, entry.name) for entry in fields(self)}
+        write_state(Path(folder) / self.file_name, self.kind,
+                    {name: value for name, value in entries.items() if value is not None})
+        return self.file_name
+
+    @classmethod
+    def load(cls, folder: str | Path, name: str | None = None) -> Self | None:
+        state = read_state(folder, name or cls.file_name, cls.kind)
+        if state is None:
+            return None
+        values = {}
+        for entry in fields(cls):
+            value = state.get(entry.name)
+            if entry.name in cls.optional:
+                wanted, stand_in = cls.optional[entry.name]
+                value = value if isinstance(value, wanted) else stand_in
+            values[entry.name] = value
+        return cls(**values)
+
+
+@dataclass
+class TextureState(SavedState):
+    """A texture field on a fixed mesh (state.pt): what an edit job continues. Written by the
+    texture and edit jobs, and by generate and geometry edits for their refined albedo."""
+
+    kind: ClassVar[str] = TEXTURE_KIND
+    file_name: ClassVar[str] = TEXTURE_STATE
+    optional: ClassVar[dict[str, tuple[type, Any]]] = {"settings": (dict, {})}
+    field: dict  # the TextureField's parameters
+    field_config: dict  # its HashGridConfig
+    normalization: dict  # Normalization: the user's frame -> the unit box the field lives in
+    settings: dict  # the job's settings, for an edit's defaults
+
+
+@dataclass
+class StageState(SavedState):
+    """A generate stage's state after `step` steps: its model, optimizer and generator, and the
+    stage's settings; `complete` once the stage ran all its steps."""
+
+    optional: ClassVar[dict[str, tuple[type, Any]]] = {"prompt": (str, "")}
+    step: int
+    complete: bool
+    prompt: str
+    model: dict
+    optimizer: dict
+    generator: torch.Tensor
+    settings: dict  # the stage's config: it sizes the model when the state is loaded
+
+
+@dataclass
+class NerfState(StageState):
+    """Generate's stage 1 (stage1.pt): the NeRF. Resumed, or read by a stage-2-only run."""
+
+    kind: ClassVar[str] = STAGE1_KIND
+    file_name: ClassVar[str] = NERF_STATE
+
+
+@dataclass
+class RefinedMeshState(StageState):
+    """Generate's stage 2 (stage2.pt): the refinable mesh (base positions, offsets, albedo field)
+    and its frames: `placement` (NeRF -> world), `normalization` (world -> unit box) and, once a
+    geometry edit exported it, `export_normalization` (the unit box -> the exported asset's frame,
+    on the ground). Resumed, or continued by a geometry edit."""
+
+    kind: ClassVar[str] = STAGE2_KIND
+    file_name: ClassVar[str] = REFINED_MESH_STATE
+    optional: ClassVar[dict[str, tuple[type, Any]]] = {**StageState.optional, "export_normalization": (dict, None)}
+    placement: dict
+    normalization: dict
+    export_normalization: dict | None = None
 
 
 def write_state(path: Path, kind: str, entries: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ Read top to bottom, this is the whole job (paper sections 5.1, 5.2, A.4; Magic3D
   4. export as the texture job does: UV unwrap, bake with seam padding, GLB and OBJ, the
      preview sheet, and the states of both stages (for resuming and editing).
 
-With the bundled prior, each stage it guides uses the preset in generate_config.py instead of
+With the bundled prior, each stage it guides uses the preset in engine/config/presets.py instead of
 the paper's settings (they are made for DeepFloyd IF and Stable Diffusion).
 
 Each stage saves its state every `checkpoint_every` steps, at its end, and when cancelled;
@@ -31,45 +31,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import GenerateJobConfig, NerfStageConfig, save_config, to_dict, update_from_dict
+from ..errors import BadInputError
 from ..bake.bake import bake_texture
-from ..config import HashGridConfig, to_dict, update_from_dict
-from ..errors import BadInputError, Cancelled, EngineError
 from ..field.texture_field import fit_field
-from ..files import atomic_save_image
+from ..guidance.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings,
+                                 view_prompt_embeddings)
 from ..guidance.score_distillation import score_distillation_loss
 from ..job.runner import JobContext
-from ..job.state_files import (STAGE1_KIND, STAGE2_KIND, TEXTURE_KIND, applying_state, read_state,
-                               write_state)
+from ..job.state_files import NERF_STATE, REFINED_MESH_STATE, NerfState, RefinedMeshState, applying_state
 from ..mesh.extract import ExtractionReport, Placement, extract_mesh, fit_placement
 from ..mesh.sampling import sample_surface
 from ..mesh.types import Normalization, TriangleMesh
-from ..mesh.uv import unwrap
 from ..nerf.background import LearnedBackground
 from ..nerf.field import NerfField
 from ..nerf.losses import ramp, sparsity_loss
 from ..nerf.occupancy import OccupancyGrid
-from ..guidance.perp_neg import (FRONT_AZIMUTH_DEG, VIEW_SUFFIXES, perp_neg_distillation_loss, perp_neg_embeddings,
-                             view_prompt_embeddings)
-from ..refine.planar import PlanarRegions, find_planar_regions, planar_loss
-from ..nerf.renderer import (GEOMETRY_ALBEDO, RAY_CHUNK, NerfModel, render_nerf, render_rays, shade_albedo,
-                             shade_geometry)
-from ..refine.refinable_mesh import RefinableMesh
+from ..nerf.renderer import RAY_CHUNK, NerfModel, render_nerf, render_rays, shade_albedo, shade_geometry
 from ..prior.base import DiffusionPrior
 from ..prior.fast.graphed import use_cuda_graphs
-from ..prior.load import load_prior
 from ..prior.fast.vae_encoding import FastVaeEncoder
+from ..prior.load import load_prior
+from ..refine.refinable_mesh import RefinableMesh
 from ..render.cameras import Cameras, orbit_cameras, sample_cameras
-from ..render.gbuffer import GBuffer
 from ..render.shading import sample_backgrounds, sample_lighting, shade
-from .generate_config import GenerateJobConfig, NerfStageConfig, RefineStageConfig, save_config
-from .texture import PreparedMesh, export_textured_mesh, warning_event
+from .kit.loop import LoopPlan, run_loop
+from .kit.outputs import export_textured_mesh, mesh_for_export, on_the_ground, save_texture_state, write_preview
+from .kit.prompts import encode_prompts_once
+from .kit.refinement import PREVIEW_SIZE, ShapeRegulariser, render_mesh_geometry, render_mesh_preview
 
-STAGE1_STATE = "stage1.pt"
-STAGE2_STATE = "stage2.pt"
-PREVIEW_SIZE = 128
 SURFACE_COLOUR_SAMPLES = 1 << 16
 SURFACE_LOOK_BACK = 0.25  # where the colour rays start outside the surface, as a share of the NeRF's bound
 SURFACE_NORMAL_EPS = 0.01
+DIVERGED_HINT = "Try another --seed."
 
 
 @dataclass
@@ -90,41 +84,39 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
     run_stage2 = config.stages in ("all", "2")
     if config.resume or not run_stage1:
         # The run writes a fresh folder (engine/job/outputs.py): it continues the previous attempt's states.
-        context.carry_over(STAGE1_STATE, STAGE2_STATE)
+        context.carry_over(NERF_STATE, REFINED_MESH_STATE)
     stage1_path = stage1_state_path(config, out)
     total = (config.stage1.steps if run_stage1 else 0) + (config.stage2.steps if run_stage2 else 0)
 
     # 1. Stage 1: the NeRF.
-    stage1_done = (read_state(stage1_path.parent, stage1_path.name, STAGE1_KIND)
-                   if (config.resume or not run_stage1) else None)
-    if not run_stage1 and (stage1_done is None or not stage1_done.get("complete")):
+    stage1_done = NerfState.load(stage1_path.parent, stage1_path.name) if (config.resume or not run_stage1) else None
+    if not run_stage1 and (stage1_done is None or not stage1_done.complete):
         raise BadInputError(f"Stage 2 needs a finished stage-1 state; {stage1_path} is missing or incomplete.",
                             "Run stage 1 first (--stages 1 or all), or pass --stage1-state.")
     with context.timed("stage1_s"):
-        if run_stage1 and not (stage1_done and stage1_done["step"] >= config.stage1.steps):
+        if run_stage1 and not (stage1_done is not None and stage1_done.step >= config.stage1.steps):
             nerf = optimise_nerf(config, context, stage1_done, Progress(0, total))
         else:
             with applying_state(stage1_path):
                 nerf = nerf_from_state(stage1_done, device)
     if run_stage1:
-        outputs["state_stage1"] = STAGE1_STATE
+        outputs["state_stage1"] = NERF_STATE
 
     # 2. Density -> mesh, placed in the world, and its unit-box twin.
-    stage2_done = read_state(out, STAGE2_STATE, STAGE2_KIND) if config.resume and run_stage2 else None
+    stage2_done = RefinedMeshState.load(out) if config.resume and run_stage2 else None
     if stage2_done is None:
         reporter.stage("extracting mesh")
         with context.timed("extract_s"):
             world, placement, report = extract_placed_mesh(nerf, config, device)
-        for warning in report.warnings:
-            reporter.emit("warning", message=warning)
+        reporter.warnings(report.warnings)
         reporter.emit("mesh", triangles=report.triangles, vertices=world.num_vertices, watertight=report.watertight,
                       threshold=report.threshold, removed_pieces=report.components - report.kept_components)
         normalization = Normalization.fit(world.positions, "Z")
         unit = world.with_positions(normalization.to_unit(world.positions))
     else:
-        with applying_state(out / STAGE2_STATE):
-            placement = Placement.from_dict(stage2_done["placement"])
-            normalization = Normalization.from_dict(stage2_done["normalization"])
+        with applying_state(out / REFINED_MESH_STATE):
+            placement = Placement.from_dict(stage2_done.placement)
+            normalization = Normalization.from_dict(stage2_done.normalization)
         unit = None  # the refinable mesh comes from the state
     context.cancel.check()
 
@@ -144,12 +136,11 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
     with context.timed("stage2_s"):
         refined = refine_mesh(config, context, unit, placement, normalization, stage2_done,
                               Progress(config.stage1.steps if run_stage1 else 0, total), start_colours)
-    outputs["state_stage2"] = STAGE2_STATE
+    outputs["state_stage2"] = REFINED_MESH_STATE
 
     # 4. Export, back on the ground: refinement may have moved the lowest vertices.
     final_unit = TriangleMesh(refined.positions().detach().cpu().numpy(), refined.triangles.cpu().numpy())
-    lowest = float(normalization.from_unit(final_unit.positions)[:, 2].min())
-    normalization = Normalization(normalization.center - np.array([0.0, 0.0, lowest]), normalization.scale, "Z")
+    normalization = on_the_ground(normalization, final_unit.positions)
     outputs.update(export_asset(out, final_unit, normalization, lambda p: refined.texture(p), config, context,
                                 texture_field=refined.texture))
     return dict(outputs)
@@ -161,7 +152,7 @@ def run_generate(config: GenerateJobConfig, context: JobContext) -> dict[str, st
 
 def stage1_state_path(config: GenerateJobConfig, out: Path) -> Path:
     """The stage-1 state a run reads: the one it was given, else the one in its output folder."""
-    return Path(config.stage1_state) if config.stage1_state else out / STAGE1_STATE
+    return Path(config.stage1_state) if config.stage1_state else out / NERF_STATE
 
 
 def build_nerf(stage: NerfStageConfig, seed: int, device: torch.device) -> NerfModel:
@@ -172,12 +163,12 @@ def build_nerf(stage: NerfStageConfig, seed: int, device: torch.device) -> NerfM
     return NerfModel(field, LearnedBackground(seed), occupancy, stage.samples_per_ray).to(device)
 
 
-def nerf_from_state(state: dict, device: torch.device) -> NerfModel:
+def nerf_from_state(state: NerfState, device: torch.device) -> NerfModel:
     """The NeRF of a saved stage-1 state, built with the settings it was trained with."""
-    stage = update_from_dict(NerfStageConfig(), state["settings"])
+    stage = update_from_dict(NerfStageConfig(), state.settings)
     stage.validate()  # the state's own settings size the NeRF: held to the same bounds as a job's
     model = build_nerf(stage, 0, device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state.model)
     return model
 
 
@@ -186,9 +177,7 @@ def encode_nerf_prompts(prior: DiffusionPrior, config: GenerateJobConfig, views:
     prompts = [config.prompt, "", config.negative_prompt]
     if views:
         prompts += [config.prompt + suffix for suffix in VIEW_SUFFIXES]
-    embeddings = prior.encode_prompts(prompts)
-    prior.release_text_encoder()
-    return embeddings
+    return encode_prompts_once(prior, prompts)
 
 
 def sample_nerf_cameras(stage: NerfStageConfig, batch: int, front_back_only: bool, no_front: bool,
@@ -207,9 +196,9 @@ def sample_nerf_cameras(stage: NerfStageConfig, batch: int, front_back_only: boo
     return orbit_cameras(elevation, azimuth, distance, fovy).to(device)
 
 
-def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: dict | None,
+def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: NerfState | None,
                   progress: Progress) -> NerfModel:
-    stage, device, reporter, cancel = config.stage1, context.device, context.reporter, context.cancel
+    stage, device, reporter = config.stage1, context.device, context.reporter
     generator = torch.Generator().manual_seed(config.seed)
     perp_neg = config.use_perp_neg()
     view_prompts = perp_neg or stage.view_prompts
@@ -224,77 +213,68 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
             reporter.emit("warning", message=f"{stage.prior.model} is a latent model; the NeRF stage is meant for "
                                              "a pixel-space prior (DeepFloyd IF stage I or the bundled prior).")
         embeddings = encode_nerf_prompts(prior, config, view_prompts)
-        for warning in prior.warnings:  # e.g. a prompt cut at the text encoder's token limit
-            reporter.emit("warning", message=warning)
+        reporter.warnings(prior.warnings)  # e.g. a prompt cut at the text encoder's token limit
         model = build_nerf(stage, config.seed, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=stage.learning_rate, eps=1e-15)
     start = 0
     if resume_state is not None:
         with applying_state(stage1_state_path(config, context.output_dir)):
-            model.load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-            generator.set_state(resume_state["generator"])
-        start = resume_state["step"]
+            model.load_state_dict(resume_state.model)
+            optimizer.load_state_dict(resume_state.optimizer)
+            generator.set_state(resume_state.generator)
+        start = resume_state.step
         reporter.emit("resumed", stage=1, step=start)
     if start >= stage.steps:
         return model
 
-    reporter.stage("optimising (stage 1: NeRF)")
     front_back_steps = stage.scaled(stage.front_back_steps) if perp_neg else 0
     geometry_start = stage.scaled(stage.geometry_render_start)
     ambient_only = stage.scaled(stage.ambient_only_steps)
     ramp_steps = stage.scaled(stage.loss_ramp_steps)
-    step = start
-    try:
-        for step in range(start, stage.steps):
-            cancel.check()
-            if step % stage.occupancy_update_every == 0:
-                model.occupancy.update(model.field.density, step, generator)
-            cameras = sample_nerf_cameras(stage, batch, step < front_back_steps, not perp_neg, generator, device)
-            render = render_nerf(model, cameras, stage.render_size, generator, True, stage.normal_eps)
-            background = (sample_backgrounds(batch, generator, device)
-                          if float(torch.rand((), generator=generator)) < stage.random_background_prob
-                          else model.background(render.directions))
-            lighting = sample_lighting(cameras, generator, stage.light_ambient, stage.light_jitter)
-            albedo_only = step < ambient_only
-            geometry = (not albedo_only and step >= geometry_start
-                        and float(torch.rand((), generator=generator)) < stage.geometry_render_prob)
-            if geometry:
-                image = shade_geometry(render, stage.geometry_render, lighting, cameras, background)
-            else:
-                lit = not albedo_only and float(torch.rand((), generator=generator)) < stage.lighting_prob
-                image = shade_albedo(render, lighting if lit else None, background)
-            x = prior.images_to_model_input(image.permute(0, 3, 1, 2))
-            if perp_neg:
-                positive, others, weights = perp_neg_embeddings(embeddings[3:], cameras.elevation, cameras.azimuth,
-                                                                stage.perp_neg_weight, stage.view_overhead_deg)
-                distill = perp_neg_distillation_loss(prior, x, positive, embeddings[1:2], embeddings[2:3], others,
-                                                     weights, guidance, step, generator)
-            else:
-                prompts = embeddings
-                if view_prompts:
-                    prompts = view_prompt_embeddings(embeddings, cameras.elevation, cameras.azimuth,
-                                                     stage.view_front_deg, stage.view_back_deg, stage.view_overhead_deg)
-                distill = score_distillation_loss(prior, x, prompts, guidance, step, generator)
-            loss = (distill.loss + ramp(step, stage.orientation_weight, ramp_steps) * render.orientation
-                    + ramp(step, stage.sparsity_weight, ramp_steps) * sparsity_loss(render.opacity))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            _check_finite(loss, step, "stage 1")
-            done = step + 1
-            reporter.step(progress.offset + done, progress.total, float(loss.detach()), every=max(1, progress.total // 100))
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < stage.steps:
-                save_nerf_state(context, model, optimizer, generator, done, config)
-            if config.preview_every and done % config.preview_every == 0 and done < stage.steps:
-                write_preview(context, render_nerf_preview(model, device), progress.offset + done)
-            step = done
-    except Cancelled:
-        with cancel.critical():
-            save_nerf_state(context, model, optimizer, generator, step, config)
-        raise
-    save_nerf_state(context, model, optimizer, generator, stage.steps, config)
-    del prior
+
+    def nerf_step(step: int) -> torch.Tensor:
+        if step % stage.occupancy_update_every == 0:
+            model.occupancy.update(model.field.density, step, generator)
+        cameras = sample_nerf_cameras(stage, batch, step < front_back_steps, not perp_neg, generator, device)
+        render = render_nerf(model, cameras, stage.render_size, generator, True, stage.normal_eps)
+        background = (sample_backgrounds(batch, generator, device)
+                      if float(torch.rand((), generator=generator)) < stage.random_background_prob
+                      else model.background(render.directions))
+        lighting = sample_lighting(cameras, generator, stage.light_ambient, stage.light_jitter)
+        albedo_only = step < ambient_only
+        geometry = (not albedo_only and step >= geometry_start
+                    and float(torch.rand((), generator=generator)) < stage.geometry_render_prob)
+        if geometry:
+            image = shade_geometry(render, stage.geometry_render, lighting, cameras, background)
+        else:
+            lit = not albedo_only and float(torch.rand((), generator=generator)) < stage.lighting_prob
+            image = shade_albedo(render, lighting if lit else None, background)
+        x = prior.images_to_model_input(image.permute(0, 3, 1, 2))
+        if perp_neg:
+            positive, others, weights = perp_neg_embeddings(embeddings[3:], cameras.elevation, cameras.azimuth,
+                                                            stage.perp_neg_weight, stage.view_overhead_deg)
+            distill = perp_neg_distillation_loss(prior, x, positive, embeddings[1:2], embeddings[2:3], others,
+                                                 weights, guidance, step, generator)
+        else:
+            prompts = embeddings
+            if view_prompts:
+                prompts = view_prompt_embeddings(embeddings, cameras.elevation, cameras.azimuth,
+                                                 stage.view_front_deg, stage.view_back_deg, stage.view_overhead_deg)
+            distill = score_distillation_loss(prior, x, prompts, guidance, step, generator)
+        loss = (distill.loss + ramp(step, stage.orientation_weight, ramp_steps) * render.orientation
+                + ramp(step, stage.sparsity_weight, ramp_steps) * sparsity_loss(render.opacity))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    plan = LoopPlan(stage.steps, start, progress.offset, progress.total, preview_every=config.preview_every,
+                    checkpoint_every=config.checkpoint_every, label="optimising (stage 1: NeRF)", timer=None,
+                    name="stage 1", diverged_hint=DIVERGED_HINT)
+    run_loop(plan, nerf_step, context,
+             lambda step: write_preview(context, step, render_nerf_preview(model, device)),
+             lambda done: save_nerf_state(context, model, optimizer, generator, done, config))
+    prior = None  # frees the prior (the step function holds it too) before stage 2 loads its own
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return model
@@ -302,11 +282,9 @@ def optimise_nerf(config: GenerateJobConfig, context: JobContext, resume_state: 
 
 def save_nerf_state(context: JobContext, model: NerfModel, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, step: int, config: GenerateJobConfig) -> None:
-    write_state(context.output_dir / STAGE1_STATE, STAGE1_KIND, {
-        "step": step, "complete": step >= config.stage1.steps,
-        "prompt": config.prompt, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(), "settings": to_dict(config.stage1)})
-    context.outputs["state_stage1"] = STAGE1_STATE
+    context.outputs["state_stage1"] = NerfState(
+        step, step >= config.stage1.steps, config.prompt, model.state_dict(), optimizer.state_dict(),
+        generator.get_state(), to_dict(config.stage1)).save(context.output_dir)
 
 
 @torch.no_grad()
@@ -364,7 +342,7 @@ def nerf_surface_colours(nerf: NerfModel, unit: TriangleMesh, placement: Placeme
 
 
 def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMesh | None, placement: Placement,
-                normalization: Normalization, resume_state: dict | None, progress: Progress,
+                normalization: Normalization, resume_state: RefinedMeshState | None, progress: Progress,
                 start_colours: tuple[torch.Tensor, torch.Tensor] | None = None) -> RefinableMesh:
     """start_colours: surface points and colours the albedo field is fitted to first (the released
     code inherits stage 1's field; a fresh one starts grey, and a short stage 2 never recovers)."""
@@ -377,13 +355,11 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
         prior = load_prior(stage.prior, device)
         speed_up_unet(prior, config.compile)
         encoder = FastVaeEncoder(prior)
-        embeddings = prior.encode_prompts([config.prompt, "", config.negative_prompt])
-        prior.release_text_encoder()
-        for warning in prior.warnings:
-            reporter.emit("warning", message=warning)
+        embeddings = encode_prompts_once(prior, [config.prompt, "", config.negative_prompt])
+        reporter.warnings(prior.warnings)
         if resume_state is not None:
-            with applying_state(context.output_dir / STAGE2_STATE):
-                buffers = resume_state["model"]
+            with applying_state(context.output_dir / REFINED_MESH_STATE):
+                buffers = resume_state.model
                 unit = TriangleMesh(buffers["base"].cpu().numpy(), buffers["triangles"].cpu().numpy())
         mesh = RefinableMesh(unit.positions, unit.triangles, stage.hash_grid, config.seed).to(device)
         if resume_state is None and start_colours is not None and stage.start_fit_steps:
@@ -399,125 +375,61 @@ def refine_mesh(config: GenerateJobConfig, context: JobContext, unit: TriangleMe
                                          f"stage 2 renders at {size} instead of {stage.render_size}.")
     start = 0
     if resume_state is not None:
-        with applying_state(context.output_dir / STAGE2_STATE):
-            mesh.load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-            generator.set_state(resume_state["generator"])
-        start = resume_state["step"]
+        with applying_state(context.output_dir / REFINED_MESH_STATE):
+            mesh.load_state_dict(resume_state.model)
+            optimizer.load_state_dict(resume_state.optimizer)
+            generator.set_state(resume_state.generator)
+        start = resume_state.step
         reporter.emit("resumed", stage=2, step=start)
-    extra = {"placement": placement.to_dict(), "normalization": normalization.to_dict()}
     if start >= stage.steps:
         return mesh
 
-    reporter.stage("optimising (stage 2: mesh refinement)")
     regulariser = ShapeRegulariser(stage)
-    step = start
-    try:
-        for step in range(start, stage.steps):
-            cancel.check()
-            cameras = _sample_unit_cameras(stage, generator, device)
-            view, albedo = mesh.render(cameras, size)
-            background = sample_backgrounds(1, generator, device)
-            lighting = sample_lighting(cameras, generator)
-            if float(torch.rand((), generator=generator)) < stage.geometry_render_prob:
-                image = render_mesh_geometry(view, stage.geometry_render, lighting, background)
-            else:
-                lit = float(torch.rand((), generator=generator)) < stage.lighting_prob
-                image = shade(albedo, view.normal, view.mask, lighting if lit else None, background)
-            if stage.antialias:
-                image = mesh.antialias(image, view)
-            x = encoder.encode(image.permute(0, 3, 1, 2))
-            distill = score_distillation_loss(prior, x, embeddings, guidance, step, generator)
-            loss = distill.loss + regulariser(mesh, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            _check_finite(loss, step, "stage 2")
-            done = step + 1
-            reporter.step(progress.offset + done, progress.total, float(loss.detach()), every=max(1, progress.total // 100))
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < stage.steps:
-                save_mesh_state(context, mesh, optimizer, generator, done, config, extra)
-            if config.preview_every and done % config.preview_every == 0 and done < stage.steps:
-                write_preview(context, render_mesh_preview(mesh, device), progress.offset + done)
-            step = done
-    except Cancelled:
-        with cancel.critical():
-            save_mesh_state(context, mesh, optimizer, generator, step, config, extra)
-        raise
-    save_mesh_state(context, mesh, optimizer, generator, stage.steps, config, extra)
+
+    def refine_step(step: int) -> torch.Tensor:
+        cameras = sample_cameras(stage.cameras, 1, generator).to(device)
+        view, albedo = mesh.render(cameras, size)
+        background = sample_backgrounds(1, generator, device)
+        lighting = sample_lighting(cameras, generator)
+        if float(torch.rand((), generator=generator)) < stage.geometry_render_prob:
+            image = render_mesh_geometry(view, stage.geometry_render, lighting, background)
+        else:
+            lit = float(torch.rand((), generator=generator)) < stage.lighting_prob
+            image = shade(albedo, view.normal, view.mask, lighting if lit else None, background)
+        if stage.antialias:
+            image = mesh.antialias(image, view)
+        x = encoder.encode(image.permute(0, 3, 1, 2))
+        distill = score_distillation_loss(prior, x, embeddings, guidance, step, generator)
+        loss = distill.loss + regulariser(mesh, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    plan = LoopPlan(stage.steps, start, progress.offset, progress.total, preview_every=config.preview_every,
+                    checkpoint_every=config.checkpoint_every, label="optimising (stage 2: mesh refinement)",
+                    timer=None, name="stage 2", diverged_hint=DIVERGED_HINT)
+    run_loop(plan, refine_step, context,
+             lambda step: write_preview(context, step, render_mesh_preview(mesh, device)),
+             lambda done: save_mesh_state(context, mesh, optimizer, generator, done, config, placement,
+                                          normalization))
     return mesh
 
 
-class ShapeRegulariser:
-    """Stage 2's geometric losses on the refinable mesh: normal consistency, and where the settings
-    ask for them the Laplacian and the planar regions (searched anew every `planar_every` steps).
-    Geometry edits continue the refinement with it, less the planar regions."""
-
-    def __init__(self, stage: RefineStageConfig):
-        self.stage = stage
-        self.regions: PlanarRegions | None = None
-
-    def __call__(self, mesh: RefinableMesh, step: int) -> torch.Tensor:
-        stage = self.stage
-        loss = stage.normal_consistency_weight * mesh.normal_consistency(stage.normal_consistency)
-        if stage.laplacian_weight:
-            loss = loss + stage.laplacian_weight * mesh.laplacian()
-        if stage.planar_weight:
-            if self.regions is None or step % stage.planar_every == 0:
-                self.regions = find_planar_regions(mesh.positions().detach(), mesh.triangles, mesh.adjacency,
-                                                   stage.planar_angle_deg, stage.planar_min_share,
-                                                   stage.planar_crease_deg, stage.planar_upright_deg)
-            loss = loss + stage.planar_weight * planar_loss(mesh.positions(), mesh.triangles, self.regions)
-        return loss
-
-
-def _sample_unit_cameras(stage: RefineStageConfig, generator: torch.Generator, device: torch.device) -> Cameras:
-    return sample_cameras(stage.cameras, 1, generator).to(device)
-
-
-def render_mesh_geometry(view: GBuffer, mode: str, lighting, background: torch.Tensor) -> torch.Tensor:
-    """Stage 2's geometry-only render: grey and lit ("shaded"), or the camera-space normal map."""
-    if mode == "normal_map":
-        return shade(view.normal_image(), view.normal, view.mask, None, background)
-    grey = torch.full((*view.mask.shape, 3), GEOMETRY_ALBEDO, device=view.normal.device)
-    return shade(grey, view.normal, view.mask, lighting, background)
-
-
 def save_mesh_state(context: JobContext, mesh: RefinableMesh, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, step: int, config: GenerateJobConfig, extra: dict) -> None:
-    write_state(context.output_dir / STAGE2_STATE, STAGE2_KIND, {
-        "step": step, "complete": step >= config.stage2.steps,
-        "prompt": config.prompt, "model": mesh.state_dict(), "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(), "settings": to_dict(config.stage2), **extra})
-    context.outputs["state_stage2"] = STAGE2_STATE
-
-
-@torch.no_grad()
-def render_mesh_preview(mesh: RefinableMesh, device: torch.device) -> np.ndarray:
-    cameras = orbit_cameras(15.0, FRONT_AZIMUTH_DEG + 30.0, 1.8, 50.0).to(device)
-    view, albedo = mesh.render(cameras, PREVIEW_SIZE)
-    white = torch.ones(1, 3, device=device)
-    lighting = sample_lighting(cameras, torch.Generator().manual_seed(0))
-    rgb = shade(albedo, view.normal, view.mask, lighting, white)[0]
-    shaded = render_mesh_geometry(view, "shaded", lighting, white)[0]
-    return torch.cat([rgb, shaded], dim=1).clamp(0, 1).cpu().numpy()
-
-
-def load_stage2_mesh(path: str | Path, device: torch.device | str = "cpu"
-                     ) -> tuple[RefinableMesh, Normalization, Placement, dict]:
-    """A saved stage-2 state as a RefinableMesh (unit box) plus its frames, e.g. for an edit job."""
-    path = Path(path)
-    state = read_state(path.parent, path.name, STAGE2_KIND)
-    if state is None:
-        raise BadInputError(f"{path} is not a generate job's stage-2 state.", "Pass the stage2.pt of a generate run.")
-    with applying_state(path):
-        hash_grid = update_from_dict(HashGridConfig(), dict(state["settings"]["hash_grid"]), "state.hash_grid")
-        hash_grid.validate()
-        buffers = state["model"]
-        mesh = RefinableMesh(buffers["base"].numpy(), buffers["triangles"].numpy(), hash_grid)
-        mesh.load_state_dict(buffers)
-        frames = Normalization.from_dict(state["normalization"]), Placement.from_dict(state["placement"])
-    return mesh.to(device), *frames, state
+                    generator: torch.Generator, step: int, config: GenerateJobConfig, placement: Placement,
+                    normalization: Normalization) -> None:
+    """The refinement's state; once complete, with the frame the asset is exported in (on the ground),
+    so a geometry edit lands where the asset stands."""
+    complete = step >= config.stage2.steps
+    export_normalization = None
+    if complete:
+        with torch.no_grad():
+            export_normalization = on_the_ground(normalization, mesh.positions().cpu().numpy()).to_dict()
+    context.outputs["state_stage2"] = RefinedMeshState(
+        step, complete, config.prompt, mesh.state_dict(), optimizer.state_dict(), generator.get_state(),
+        to_dict(config.stage2), placement.to_dict(), normalization.to_dict(), export_normalization
+    ).save(context.output_dir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -530,39 +442,19 @@ def export_asset(out: Path, unit: TriangleMesh, normalization: Normalization, al
     reporter, device = context.reporter, context.device
     reporter.stage("unwrapping")
     with context.timed("unwrap_s"):
-        unit = unwrap(unit, config.texture_size, context.cancel, warning_event(context))
+        prepared = mesh_for_export(unit, normalization, config.texture_size, context)
     context.cancel.check()
     reporter.stage("baking")
     with context.timed("bake_s"), torch.no_grad():
-        baked = bake_texture(unit, albedo, config.texture_size, device, cancel=context.cancel)
-    user = TriangleMesh(normalization.from_unit(unit.positions), unit.triangles, unit.corner_uvs)
-    prepared = PreparedMesh(user=user, unit=unit, normalization=normalization,
-                            kept_triangles=np.arange(unit.num_triangles), input_triangles=unit.num_triangles,
-                            unwrapped=True, warnings=[])
+        baked = bake_texture(prepared.unit, albedo, config.texture_size, device, cancel=context.cancel)
     reporter.stage("exporting")
     with context.timed("export_s"):
         outputs = export_textured_mesh(out, prepared, baked.image, context.cancel)
         if texture_field is not None:
-            outputs["state"] = save_texture_state(out, texture_field, config, normalization)
-    reporter.emit("summary", coverage=round(float(baked.coverage), 4), triangles=unit.num_triangles,
-                  vertices=unit.num_vertices)
+            outputs["state"] = save_texture_state(out, texture_field, config.stage2.hash_grid, normalization, config)
+    reporter.emit("summary", coverage=round(float(baked.coverage), 4), triangles=prepared.unit.num_triangles,
+                  vertices=prepared.unit.num_vertices)
     return outputs
-
-
-def save_texture_state(out: Path, field, config: GenerateJobConfig, normalization: Normalization) -> str:
-    """The refined albedo field in the texture job's state format, so an edit job can continue it."""
-    write_state(out / "state.pt", TEXTURE_KIND, {
-        "field": field.state_dict(), "field_config": to_dict(config.stage2.hash_grid),
-        "normalization": normalization.to_dict(), "settings": to_dict(config)})
-    return "state.pt"
-
-
-def write_preview(context: JobContext, image: np.ndarray, step: int) -> None:
-    previews = context.output_dir / "previews"
-    previews.mkdir(exist_ok=True)
-    name = f"previews/view_{step:06d}.png"
-    atomic_save_image(context.output_dir / name, image)
-    context.reporter.emit("preview", step=step, path=context.live_path(name), view=context.live_path(name))
 
 
 def speed_up_unet(prior: DiffusionPrior, compile: bool) -> None:
@@ -577,8 +469,3 @@ def speed_up_unet(prior: DiffusionPrior, compile: bool) -> None:
         use_cuda_graphs(prior)
 
 
-def _check_finite(loss: torch.Tensor, step: int, stage: str) -> None:
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise EngineError(f"The optimisation diverged in {stage} (the loss became {value} at step {step + 1}).",
-                          "Try another --seed.")

@@ -4,6 +4,8 @@ A step (paper section 5.3): draw a view from the pre-rasterised pool, evaluate t
 field at the view's visible surface points, shade with a random light and background, encode
 the render into the prior's input (VAE, with gradient), one batched no-grad prior call for
 [prompt, "", negative] (plus ControlNets), the score-distillation gradient, backward, Adam.
+The edit job runs the same step with the prompts [target, "", edit] (Eq. 11) and a Preservation
+term: an image-space L2 to a reference field's render from the same view, light and background.
 
   EagerTextureStep    the reference: dynamic shapes (boolean-mask indexing), Python-float
                       settings, random draws inside `score_distillation_loss`. CPU default.
@@ -32,10 +34,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import TextureJobConfig
+from ..config import EditJobConfig, TextureJobConfig
 from ..field.texture_field import TextureField
-from ..guidance.score_distillation import (score_distillation_loss, sample_timesteps, sds_direction,
-                                           surrogate_loss, weight_gradient)
+from ..guidance.score_distillation import (batch_embeddings, distill, guidance_direction, sample_timesteps_and_noise,
+                                           score_distillation_loss)
 from ..prior.base import ControlImages, DiffusionPrior
 from ..prior.fast.channels_last import nhwc_transformer_outputs, set_memory_format
 from ..prior.fast.controlnets import concurrent_controlnets, prior_modules, shared_controlnet_condition
@@ -51,6 +53,20 @@ MODES = ("auto", "eager", "static", "graphed")
 # Untimed steps run on a side stream before capture (lazy initialisation of cuBLAS/cuDNN
 # handles and workspaces, Adam's state); their effect on the field is undone afterwards.
 WARMUP_STEPS = 3
+
+
+@dataclass
+class Preservation:
+    """The edit's pull back towards where it started: `weight` times preservation_loss between the
+    field's render and the (frozen) reference field's render from the same view, light and background."""
+
+    reference_field: TextureField
+    weight: float
+
+
+def preservation_loss(rgb: Tensor, reference: Tensor) -> Tensor:
+    """Image-space L2: the mean over pixels of the squared RGB difference to the reference render."""
+    return ((rgb - reference.detach()) ** 2).sum(dim=-1).mean()
 
 
 def render_albedo_view(field: TextureField, view: GBuffer) -> Tensor:
@@ -70,9 +86,11 @@ class EagerTextureStep:
     """The reference step, exactly as the job has always run it."""
 
     def __init__(self, field: TextureField, prior: DiffusionPrior, views: ViewPool, cameras: Cameras,
-                 embeddings: Tensor, config: TextureJobConfig, generator: torch.Generator, device: torch.device):
+                 embeddings: Tensor, config: TextureJobConfig | EditJobConfig, generator: torch.Generator,
+                 device: torch.device, preservation: Preservation | None = None):
         self.field, self.prior, self.views, self.cameras = field, prior, views, cameras
         self.embeddings, self.config, self.generator, self.device = embeddings, config, generator, device
+        self.preservation = preservation
         self.optimizer = make_optimizer(field, config.learning_rate)
         self.warnings: list[str] = []
 
@@ -88,6 +106,11 @@ class EagerTextureStep:
         control_images = ControlImages(control, config.prior.controlnet_scale_at(step)) if control else None
         loss = score_distillation_loss(self.prior, x, self.embeddings, config.guidance, step, generator,
                                        control_images).loss
+        if self.preservation is not None:
+            with torch.no_grad():
+                reference = shade(render_albedo_view(self.preservation.reference_field, view), view.normal,
+                                  view.mask, lighting, background)
+            loss = loss + self.preservation.weight * preservation_loss(rgb, reference)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -147,10 +170,12 @@ class StaticTextureStep:
     capturable = False
 
     def __init__(self, field: TextureField, prior: DiffusionPrior, views: ViewPool, cameras: Cameras,
-                 embeddings: Tensor, config: TextureJobConfig, generator: torch.Generator, device: torch.device,
+                 embeddings: Tensor, config: TextureJobConfig | EditJobConfig, generator: torch.Generator,
+                 device: torch.device, preservation: Preservation | None = None,
                  options: FastStepOptions | None = None):
         self.field, self.prior, self.views, self.cameras = field, prior, views, cameras
         self.embeddings, self.config, self.generator, self.device = embeddings, config, generator, device
+        self.preservation = preservation
         self.options = options = options or FastStepOptions()
         cuda = device.type == "cuda"
         # PyTorch's own GroupNorm turns NHWC back into NCHW, so NHWC pays only with the Triton one.
@@ -206,23 +231,22 @@ class StaticTextureStep:
             self.lighting.ambient.copy_(lighting.ambient)
             self.lighting.diffuse.copy_(lighting.diffuse)
         self.background.copy_(sample_backgrounds(1, generator, device))
-        # As score_distillation_loss draws them: the timesteps, then the noise.
-        timesteps = sample_timesteps(1, config.guidance.t_range_at(step), self.prior.num_train_timesteps,
-                                     generator, torch.device("cpu"))
+        timesteps, noise = sample_timesteps_and_noise(self.noise.shape, config.guidance.t_range_at(step),
+                                                      self.prior.num_train_timesteps, generator, torch.device("cpu"))
         self.timesteps.copy_(timesteps)
-        self.noise.copy_(torch.randn(self.noise.shape, generator=generator))
+        self.noise.copy_(noise)
         self.w2.fill_(config.guidance.w2_at(step))
         self.control_scale.fill_(config.prior.controlnet_scale_at(step))
 
-    def render(self) -> Tensor:
-        """The shaded render (1, H, W, 3) of the loaded view, differentiable w.r.t. the field."""
-        values = self.field(self.points)
+    def render(self, field: TextureField) -> Tensor:
+        """The shaded render (1, H, W, 3) of `field` in the loaded view, light and background."""
+        values = field(self.points)
         flat = values.new_zeros(self.height * self.width + 1, 3).index_put((self.pixels,), values)
         albedo = flat[:-1].view(1, self.height, self.width, 3)  # the trash pixel is dropped
         return shade(albedo, self.normal, self.mask, self.lighting, self.background)
 
     def loss(self) -> Tensor:
-        """score_distillation_loss on the static inputs (same formulas, tensors for w2 and scale)."""
+        """The eager step's loss on the static inputs (same formulas, tensors for w2 and scale)."""
         with ExitStack() as stack:
             if self.options.triton_group_norm and self.device.type == "cuda":
                 stack.enter_context(triton_group_norms(*prior_modules(self.prior)))
@@ -230,40 +254,41 @@ class StaticTextureStep:
                 stack.enter_context(nhwc_transformer_outputs(*prior_modules(self.prior)))
             if self.options.fused_elementwise and self.device.type == "cuda":
                 stack.enter_context(fused_elementwise(*prior_modules(self.prior)))
-            return self._loss()
+            rgb, loss = self._distillation_loss()
+        if self.preservation is not None:
+            with torch.no_grad():
+                reference = self.render(self.preservation.reference_field)
+            loss = loss + self.preservation.weight * preservation_loss(rgb, reference)
+        return loss
 
-    def _loss(self) -> Tensor:
+    def _distillation_loss(self) -> tuple[Tensor, Tensor]:
+        """The render and score_distillation_loss's loss on it, through the same skeleton (distill)."""
         prior, embeddings, guidance, options = self.prior, self.embeddings, self.config.guidance, self.options
         with ExitStack() as stack:
             if options.vae_math_attention and self.device.type == "cuda":
                 stack.enter_context(half_precision_math_attention())
-            images = self.render().permute(0, 3, 1, 2)  # NHWC strides already
+            rgb = self.render(self.field)
+            images = rgb.permute(0, 3, 1, 2)  # NHWC strides already
             if self.device.type == "cuda":
                 # One layout for the whole VAE (not on the CPU, where it would change the convolutions'
                 # rounding against the eager step).
                 images = images.contiguous(memory_format=torch.channels_last if self.channels_last
                                            else torch.contiguous_format)
             x = prior.images_to_model_input(images)
-        batch, num_prompts = x.shape[0], embeddings.shape[0]
         control = ControlImages(self.control, self.control_scale) if self.control else None
-        with torch.no_grad():
-            noisy = prior.add_noise(x.detach().float(), self.noise, self.timesteps)
-            with ExitStack() as stack:
-                if options.share_condition:  # batch 1: every prompt shares the view's condition image
-                    stack.enter_context(shared_controlnet_condition(prior))
-                if self.streams:
-                    stack.enter_context(concurrent_controlnets(prior, self.streams))
-                eps = prior.predict_noise(noisy.repeat(num_prompts, 1, 1, 1), self.timesteps.repeat(num_prompts),
-                                          embeddings.repeat_interleave(batch, dim=0), control).float()
-            eps_text, eps_uncond = eps[:batch], eps[batch:2 * batch]
-            if guidance.mode == "sds":
-                direction = sds_direction(eps_text, eps_uncond, self.noise, guidance.cfg_scale)
-            else:  # csd_direction, with w2 a tensor (w2 = 0 subtracts an exact zero)
-                direction = guidance.w1 * (eps_text - eps_uncond)
-                if num_prompts > 2:
-                    direction = direction - self.w2 * (eps[2 * batch:3 * batch] - eps_uncond)
-            gradient = weight_gradient(direction, prior.alphas_cumprod[self.timesteps], prior.pixel_space)
-        return surrogate_loss(x.float(), gradient)
+        around_prior_call = []
+        if options.share_condition:  # batch 1: every prompt shares the view's condition image
+            around_prior_call.append(shared_controlnet_condition(prior))
+        if self.streams:
+            around_prior_call.append(concurrent_controlnets(prior, self.streams))
+
+        def direction(eps: list[Tensor]) -> Tensor:
+            # Every prompt is predicted (no prompts_used): w2 is a tensor, w2 = 0 subtracts an exact zero.
+            return guidance_direction(guidance, self.w2, eps[0], eps[1], eps[2] if len(eps) > 2 else None, self.noise)
+
+        step = distill(prior, x, self.noise, self.timesteps, batch_embeddings(embeddings, x.shape[0]), direction,
+                       control, around_prior_call)
+        return rgb, step.loss
 
     def forward_backward_update(self) -> Tensor:
         loss = self.loss()
@@ -324,10 +349,10 @@ class GraphedTextureStep(StaticTextureStep):
 
 
 def make_texture_step(field: TextureField, prior: DiffusionPrior, views: ViewPool, cameras: Cameras,
-                      embeddings: Tensor, config: TextureJobConfig, generator: torch.Generator,
-                      device: torch.device, mode: str = "auto"
+                      embeddings: Tensor, config: TextureJobConfig | EditJobConfig, generator: torch.Generator,
+                      device: torch.device, preservation: Preservation | None = None, mode: str = "auto"
                       ) -> EagerTextureStep | StaticTextureStep | GraphedTextureStep:
-    """The texture job's step: mode "auto" is graphed on CUDA and eager elsewhere.
+    """The texture (and edit) job's step: mode "auto" is graphed on CUDA and eager elsewhere.
 
     If the graph cannot be captured (an operation that is not capturable, say), "auto" tries
     once more without the optional kernels (FastStepOptions all off), then falls back to the
@@ -335,7 +360,7 @@ def make_texture_step(field: TextureField, prior: DiffusionPrior, views: ViewPoo
     """
     if mode not in MODES:
         raise ValueError(f"unknown texture step mode {mode!r}; use one of {MODES}")
-    args = (field, prior, views, cameras, embeddings, config, generator, device)
+    args = (field, prior, views, cameras, embeddings, config, generator, device, preservation)
     if mode == "eager" or (mode == "auto" and device.type != "cuda"):
         return EagerTextureStep(*args)
     if mode == "static":

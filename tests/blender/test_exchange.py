@@ -12,7 +12,7 @@ import pytest
 from conftest import FAKE_ENGINE_SRC, ROOT
 
 sys.path.insert(0, str(ROOT))
-from csd_blender.exchange import engine_output, jobs, progress, queue, result, settings  # noqa: E402
+from csd_blender.exchange import engine_output, job_folder, progress, queue, result, settings  # noqa: E402
 
 
 def test_jsonl_tail_handles_partial_lines(tmp_path):
@@ -111,12 +111,10 @@ def test_engine_configs_accept_our_settings():
                           "edit": settings.edit_settings(scene, prefs)})
     code = r"""
 import json, sys
-from engine.config import TextureJobConfig, update_from_dict
+from engine.config import EditJobConfig, GenerateJobConfig, TextureJobConfig, update_from_dict
 data = json.loads(sys.argv[1])
 update_from_dict(TextureJobConfig(prompt="", mesh="m", out="o"), data["texture"])
-from engine.pipelines.generate_config import GenerateJobConfig
 update_from_dict(GenerateJobConfig(prompt="", out="o"), data["generate"])
-from engine.pipelines.edit_config import EditJobConfig
 update_from_dict(EditJobConfig(source="s", target_prompt="", edit_prompt="", out="o"), data["edit"])
 print("ok")
 """
@@ -136,7 +134,8 @@ def test_generate_asset_with_the_bundled_prior_runs_the_clis_job():
     code = r"""
 import argparse, json, sys
 from pathlib import Path
-from engine.pipelines.generate_config import add_generate_arguments, generate_config_from_args, generate_config_from_job
+from engine.cli import add_generate_arguments, generate_config_from_args
+from engine.config import generate_config_from_job
 parser = argparse.ArgumentParser()
 add_generate_arguments(parser)
 cli = generate_config_from_args(parser.parse_args(["--prompt", "a blue cube", "--model", "bundled", "--out", "o"]))
@@ -154,21 +153,21 @@ print("ok")
 def test_job_folder_and_mesh(tmp_path):
     np = pytest.importorskip("numpy")
     root = tmp_path / "jobs ü"
-    a = jobs.create_job_dir(root, "texture", "Chaise ü / 椅子")
-    b = jobs.create_job_dir(root, "texture", "Chaise ü / 椅子")
+    a = job_folder.create_job_dir(root, "texture", "Chaise ü / 椅子")
+    b = job_folder.create_job_dir(root, "texture", "Chaise ü / 椅子")
     assert a != b and "椅子" in a.name
-    jobs.write_job(a, "texture", {"prompt": "x"}, mesh="mesh.npz")
+    job_folder.write_job(a, "texture", {"prompt": "x"}, mesh="mesh.npz")
     assert json.loads((a / "job.json").read_text())["protocol"] == 1
     with pytest.raises(ValueError):
-        jobs.write_job(a, "texture", {}, mesh="../escape.npz")
-    jobs.write_mesh_npz(a / "mesh.npz", [[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]], np.zeros((1, 3, 2)))
+        job_folder.write_job(a, "texture", {}, mesh="../escape.npz")
+    job_folder.write_mesh_npz(a / "mesh.npz", [[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]], np.zeros((1, 3, 2)))
     data = np.load(a / "mesh.npz")
     assert data["triangles"].dtype == np.int32 and data["corner_uvs"].shape == (1, 3, 2)
 
 
 def _queue_job(tmp_path, name, behaviour):
-    job_dir = jobs.create_job_dir(tmp_path / "jobs", "texture", name)
-    jobs.write_job(job_dir, "texture", {"prompt": "x"}, mesh="mesh.npz")
+    job_dir = job_folder.create_job_dir(tmp_path / "jobs", "texture", name)
+    job_folder.write_job(job_dir, "texture", {"prompt": "x"}, mesh="mesh.npz")
     return queue.Job("texture", name, job_dir, sys.executable, FAKE_ENGINE_SRC,
                      {"CSD_FAKE_ENGINE": json.dumps(behaviour)})
 

@@ -129,10 +129,10 @@ def test_engine_crash_mid_job(addon, bpy):
     assert "engine.log" in rep.hint
 
 
-@pytest.mark.parametrize("exit_code", [0, 1])
-def test_engine_exits_without_result(addon, bpy, exit_code):
+@pytest.mark.parametrize("exit_code, words", [(0, "finished but wrote no result"), (1, "before finishing")])
+def test_engine_exits_without_result(addon, bpy, exit_code, words):
     fake(exit_code=exit_code, steps=1)
-    expect_refused(bpy, "texture_selected", "before finishing")
+    expect_refused(bpy, "texture_selected", words)
 
 
 @pytest.mark.parametrize("name, words", [("../../../../etc/passwd", ("leaves its folder",)),
@@ -143,11 +143,11 @@ def test_result_outside_job_folder_is_refused(addon, bpy, name, words):
 
 
 def _start(bpy, op="texture"):
-    """The modal path without a window: build the jobs and a Driver, as invoke() does."""
-    ops = mod("operators")
-    prepare = {"texture": ops.prepare_texture, "generate": ops.prepare_generate, "edit": ops.prepare_edit}[op]
+    """The modal path without a window: build the jobs and a JobFollower, as invoke() does."""
+    build = mod("build_jobs")
+    prepare = {"texture": build.prepare_texture, "generate": build.prepare_generate, "edit": build.prepare_edit}[op]
     jobs, notes = prepare(bpy.context)
-    return ops.Driver(jobs, notes)
+    return mod("job_follower").JobFollower(jobs, notes)
 
 
 def _tick_until(bpy, driver, predicate, timeout=30):
@@ -174,7 +174,7 @@ def test_cancel_at_any_moment(addon, bpy, moment):
         job.wait(20)
         assert job.state == q.ENDED
     t0 = time.monotonic()
-    mod("operators").QUEUE.cancel_all("Cancelled.")
+    mod("exchange.queue").QUEUE.cancel_all("Cancelled.")
     _tick_until(bpy, driver, lambda: driver.done)
     assert time.monotonic() - t0 < 5
     assert job.state == q.CANCELLED

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
-from csd_blender.exchange import engine_output, jobs, progress, queue, result  # noqa: E402
+from csd_blender.exchange import engine_output, job_folder, progress, queue, result  # noqa: E402
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -188,7 +188,7 @@ def test_a_progress_log_that_is_a_link_or_runaway_is_not_read(tmp_path):
 
 
 def test_a_job_reports_what_it_ignored(tmp_path):
-    job_dir = jobs.create_job_dir(tmp_path / "jobs", "texture", "x")
+    job_dir = job_folder.create_job_dir(tmp_path / "jobs", "texture", "x")
     job = queue.Job("texture", "x", job_dir, sys.executable, None)
     job.progress.apply({"event": "preview", "path": "../secret.png"})
     job.finish(False, "Texture 'x' failed.", "Try again.")
@@ -211,14 +211,14 @@ def test_a_link_in_a_stored_result_is_copied_as_a_link(tmp_path, monkeypatch):
     def other_disk(*_args):
         raise OSError("cross-device link")
 
-    monkeypatch.setattr(jobs.os, "link", other_disk)  # the results folder on another disk: files are copied
+    monkeypatch.setattr(job_folder.os, "link", other_disk)  # the results folder on another disk: files are copied
     secret = tmp_path / "secret.txt"
     secret.write_text("secret")
     src = tmp_path / "result"
     src.mkdir()
     (src / "state.pt").write_bytes(b"state")
     os.symlink(secret, src / "mesh.obj")
-    dst = jobs.link_or_copy_tree(src, tmp_path / "job" / "source")
+    dst = job_folder.link_or_copy_tree(src, tmp_path / "job" / "source")
     assert (dst / "state.pt").read_bytes() == b"state" and (dst / "mesh.obj").is_symlink()  # the engine refuses it
 
 

@@ -182,7 +182,7 @@ def test_a_running_download_shows_a_progress_bar_and_cancels(real_engine, bpy):
         hub.add_repo(CONTROLNET, CONTROLNET_FILES)
         hold = hub.holds[(CONTROLNET, "diffusion_pytorch_model.fp16.safetensors")] = Hold(after=11 * 2 ** 20)
         os.environ["HF_ENDPOINT"] = hub.endpoint
-        python, source, env = mod("operators").engine_launch(real_engine)
+        python, source, env = mod("engine_setup").engine_launch(real_engine)
         state.download = models.ModelDownload(python, CONTROLNET, source, env, prefs_module.user_dir() / "dl.log",
                                               cache_dir=real_engine.cache_dir)
         state.download.start()

@@ -123,9 +123,8 @@ def test_texture_undo_and_edit_real_engine(real, bpy):
 def test_cancel_real_engine(real, bpy):
     bpy.context.scene.csd.steps = 5000
     before = snapshot(bpy)
-    ops = mod("operators")
-    jobs, notes = ops.prepare_texture(bpy.context)
-    driver = ops.Driver(jobs, notes)
+    jobs, notes = mod("build_jobs").prepare_texture(bpy.context)
+    driver = mod("job_follower").JobFollower(jobs, notes)
     job = jobs[0]
     deadline = time.monotonic() + 120
     driver.tick(bpy.context)

@@ -109,7 +109,7 @@ def main() -> int:
         if not spec.get("no_result"):
             result("error", error=error)
         return int(error.get("exit_code", 1))
-    if spec.get("exit_code"):
+    if "exit_code" in spec:  # exit without writing result.json, with this code (0 included)
         return int(spec["exit_code"])
     outputs = {}
     for name, src in (spec.get("outputs") or {}).items():

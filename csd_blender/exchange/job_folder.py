@@ -1,4 +1,4 @@
-"""Writing job folders: job.json, mesh.npz, and the source of edit jobs."""
+"""Job folders on disk: creating, writing (job.json, mesh.npz, an edit job's source), moving and pruning them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,191 @@
+"""The scene to jobs: each action's checks, its job folders written, and what the import will need.
+
+``prepare_texture``, ``prepare_generate`` and ``prepare_edit`` read the scene and the selection,
+raise a UserError for anything the artist can fix, and return the queued-to-be jobs, each with
+its typed request (csd_blender.exchange.requests), and notes for the artist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import preferences
+from .blender import mesh_export, result_import
+from .engine_setup import EngineLaunch, engine_launch
+from .exchange import job_folder, protocol
+from .exchange import settings as settings_mod
+from .exchange.errors import UserError
+from .exchange.queue import QUEUE, Job
+from .exchange.requests import (
+    EditRequest,
+    GenerateRequest,
+    JobRequest,
+    MeshOverlay,
+    ObjectRef,
+    TextureRequest,
+)
+
+
+def require_prompt(text: str, what: str = "prompt") -> str:
+    if not text or not text.strip():
+        raise UserError(f"The {what} is empty.", "Describe what you want, e.g. 'a wooden chair with carved legs'.")
+    return text.strip()
+
+
+def _new_job_dir(task: str, label: str) -> Path:
+    try:
+        root = preferences.jobs_root()
+        if not QUEUE.busy:  # failed jobs keep their folders (and logs) for a while: the newest ten
+            job_folder.prune_job_dirs(root, keep=10)
+        return job_folder.create_job_dir(root, task, label)
+    except OSError as exc:
+        raise UserError(f"The job folder could not be created: {exc}.", "Check free disk space and permissions.") from None
+
+
+def _job(task: str, label: str, job_dir: Path, launch: EngineLaunch, prefs, request: JobRequest) -> Job:
+    return Job(task, label, job_dir, launch.python, launch.source, launch.env, keep_dir=prefs.keep_job_folders,
+               request=request)
+
+
+def _object_ref(obj, counts: dict[str, int]) -> ObjectRef:
+    return ObjectRef(obj.name, getattr(obj, "session_uid", None), counts)
+
+
+def prepare_texture(context) -> tuple[list[Job], list[str]]:
+    scene = context.scene.csd
+    prefs = preferences.get(context)
+    require_prompt(scene.prompt)
+    selected = list(context.selected_objects)
+    if not selected:
+        raise UserError("Nothing is selected.", "Select one or more mesh objects, then click Texture Selected.")
+    meshes = [o for o in selected if o.type == 'MESH']
+    others = [o for o in selected if o.type != 'MESH']
+    if not meshes:
+        first = others[0]
+        raise UserError(f"No mesh is selected: '{first.name}' is {mesh_export.describe_type(first)}.",
+                        "Select one or more mesh objects.")
+    for obj in meshes:
+        mesh_export.check_mesh_object(obj)
+    launch = engine_launch(prefs)
+    depsgraph = context.evaluated_depsgraph_get()
+    exports = [(obj, mesh_export.export_evaluated_mesh(obj, depsgraph)) for obj in meshes]
+    for obj, ex in exports:
+        if (scene.reunwrap or ex.corner_uvs is None) and not ex.same_topology:
+            raise UserError(f"'{obj.name}' has no UV map and its modifiers change its faces, so a new UV layout "
+                            "could not be put back on it.",
+                            "Add a UV map first (UV > Smart UV Project), or apply the modifiers.")
+    cameras = mesh_export.scene_cameras(context.scene) if scene.use_scene_cameras else None
+    settings = settings_mod.texture_settings(scene.as_dict(), preferences.as_dict(prefs), cameras)
+    jobs = []
+    try:
+        for obj, ex in exports:
+            job_dir = _new_job_dir("texture", obj.name)
+            try:
+                job_folder.write_mesh_npz(job_dir / protocol.MESH_FILE, ex.positions, ex.triangles, ex.corner_uvs)
+                job_folder.write_job(job_dir, "texture", settings, mesh=protocol.MESH_FILE)
+            except OSError as exc:
+                job_folder.remove_tree(job_dir)
+                raise UserError(f"The job folder could not be written: {exc}.", "Check free disk space.") from None
+            needs_uvs = bool(scene.reunwrap or ex.corner_uvs is None)
+            request = TextureRequest(
+                _object_ref(obj, ex.counts), settings["prompt"], uv_map=None if needs_uvs else ex.uv_map,
+                needs_uvs=needs_uvs, tri_loops=ex.tri_loops,
+                overlay=MeshOverlay(ex.positions, ex.triangles, None if needs_uvs else ex.corner_uvs))
+            jobs.append(_job("texture", obj.name, job_dir, launch, prefs, request))
+    except BaseException:
+        for job in jobs:
+            job_folder.remove_tree(job.job_dir)
+        raise
+    notes = []
+    if others:
+        names = ", ".join(f"'{o.name}'" for o in others[:3]) + (" ..." if len(others) > 3 else "")
+        notes.append(f"Skipped {len(others)} object(s) that are not meshes: {names}.")
+    if len(jobs) > 1:
+        notes.append(f"Texturing {len(jobs)} objects one after another.")
+    return jobs, notes
+
+
+def prepare_generate(context) -> tuple[list[Job], list[str]]:
+    scene = context.scene.csd
+    prefs = preferences.get(context)
+    prompt = require_prompt(scene.prompt)
+    launch = engine_launch(prefs)
+    settings = settings_mod.generate_settings(scene.as_dict(), preferences.as_dict(prefs))
+    job_dir = _new_job_dir("generate", prompt)
+    try:
+        job_folder.write_job(job_dir, "generate", settings)
+    except OSError as exc:
+        job_folder.remove_tree(job_dir)
+        raise UserError(f"The job folder could not be written: {exc}.", "Check free disk space.") from None
+    request = GenerateRequest(prompt, tuple(context.scene.cursor.location))
+    return [_job("generate", result_import.short(prompt, 30), job_dir, launch, prefs, request)], []
+
+
+def _image_texture_uv(obj) -> str | None:
+    """The UV map an object's image texture uses, when it has one (None when it has no image texture)."""
+    mesh = obj.data
+    for slot in obj.material_slots:
+        mat = slot.material
+        if mat is None or mat.node_tree is None:
+            continue
+        images = [n for n in mat.node_tree.nodes if n.type == 'TEX_IMAGE' and n.image is not None]
+        if not images:
+            continue
+        uv_nodes = [n for n in mat.node_tree.nodes if n.type == 'UVMAP' and n.uv_map in mesh.uv_layers]
+        if uv_nodes:
+            return uv_nodes[0].uv_map
+        for layer in mesh.uv_layers:
+            if layer.active_render:
+                return layer.name
+        return mesh.uv_layers.active.name if mesh.uv_layers.active else None
+    return None
+
+
+def prepare_edit(context) -> tuple[list[Job], list[str]]:
+    scene = context.scene.csd
+    prefs = preferences.get(context)
+    obj = context.active_object
+    if obj is None or not obj.select_get():
+        raise UserError("No object is selected to edit.",
+                        "Select an object textured or generated by CSD, or any mesh with an image texture.")
+    if obj.type != 'MESH':
+        raise UserError(f"'{obj.name}' is {mesh_export.describe_type(obj)}, not a mesh.", "Select a textured mesh.")
+    mesh_export.check_mesh_object(obj)
+    target = require_prompt(scene.target_prompt, "target prompt")
+    require_prompt(scene.edit_prompt, "edit prompt")
+    stored = obj.get(result_import.PROP_RESULT)
+    source_task = obj.get(result_import.PROP_TASK) or "texture"
+    uv_map = obj.get(result_import.PROP_UV_MAP)
+    ours = bool(stored) and Path(str(stored)).is_dir()
+    texture_uv = None if ours else _image_texture_uv(obj)
+    if not ours and texture_uv is None:
+        raise UserError(f"'{obj.name}' has no texture to edit.",
+                        "Texture it first (Texture Selected), or pick an object made by Generate Asset "
+                        "or one with an image texture and a UV map.")
+    launch = engine_launch(prefs)
+    job_dir = _new_job_dir("edit", obj.name)
+    try:
+        if ours:
+            job_folder.link_or_copy_tree(Path(str(stored)), job_dir / "source")
+            source = "source"
+        else:
+            source_task = "texture"
+            uv_map = texture_uv
+            mesh_export.export_glb(obj, str(job_dir / "source.glb"), context)
+            source = "source.glb"
+        mode = "object" if (source_task == "generate" and scene.edit_geometry) else "material"
+        settings = settings_mod.edit_settings(scene.as_dict(), preferences.as_dict(prefs))
+        if mode == "material":
+            settings.pop("edit_geometry", None)
+        job_folder.write_job(job_dir, "edit", settings, source=source)
+    except UserError:
+        job_folder.remove_tree(job_dir)
+        raise
+    except (OSError, RuntimeError) as exc:
+        job_folder.remove_tree(job_dir)
+        raise UserError(f"The edit job could not be prepared: {exc}.", "Check free disk space.") from None
+    if mode == "material" and (not uv_map or uv_map not in obj.data.uv_layers):
+        job_folder.remove_tree(job_dir)
+        raise UserError(f"'{obj.name}' lost the UV map its texture uses.", "Texture it again, then edit.")
+    request = EditRequest(_object_ref(obj, mesh_export.mesh_counts(obj.data)), target, uv_map=uv_map, mode=mode, source_task=source_task)
+    return [_job("edit", obj.name, job_dir, launch, prefs, request)], []

@@ -1,0 +1,138 @@
+"""What every job writes for the add-on: the textured mesh (texture, GLB, OBJ + MTL, preview
+sheet), the per-corner UVs, the texture state, and the live previews."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...bake.bake import bake_texture
+from ...bake.preview import save_preview_sheet
+from ...config import to_dict
+from ...field.texture_field import TextureField
+from ...files import atomic_save_image, atomic_write_bytes
+from ...job.progress import CancelToken
+from ...job.runner import JobContext
+from ...job.state_files import TextureState
+from ...mesh.export import write_glb, write_obj
+from ...mesh.types import Normalization, TriangleMesh
+from ...mesh.uv import unwrap
+from ..texture_step import render_albedo_view
+from ..views import ViewPool
+
+PREVIEW_TEXTURE_SIZE = 256
+
+
+@dataclass
+class PreparedMesh:
+    """The user's mesh (user frame, with UVs) and its unit-box twin used for optimisation."""
+
+    user: TriangleMesh
+    unit: TriangleMesh
+    normalization: Normalization
+    kept_triangles: np.ndarray  # input triangle index of each kept triangle (degenerate ones dropped)
+    input_triangles: int
+    unwrapped: bool
+    warnings: list[str]
+
+
+def warning_event(context: JobContext) -> Callable[[str], None]:
+    """A sink for warnings found while working (e.g. a slow unwrap): each becomes a warning event."""
+    def warn(message: str) -> None:
+        context.reporter.emit("warning", message=message)
+    return warn
+
+
+def on_the_ground(normalization: Normalization, unit_positions: np.ndarray) -> Normalization:
+    """A generated asset's export frame: its unit-box frame moved so the lowest vertex is at z = 0
+    (refinement may have moved the lowest vertices)."""
+    lowest = float(normalization.from_unit(unit_positions)[:, 2].min())
+    return Normalization(normalization.center - np.array([0.0, 0.0, lowest]), normalization.scale, "Z")
+
+
+def mesh_for_export(unit: TriangleMesh, normalization: Normalization, texture_size: int,
+                    context: JobContext) -> PreparedMesh:
+    """A mesh the engine made or moved (unit box), unwrapped when it has no UVs, and its user-frame twin."""
+    unwrapped = unit.corner_uvs is None
+    if unwrapped:
+        unit = unwrap(unit, texture_size, context.cancel, warning_event(context))
+    user = TriangleMesh(normalization.from_unit(unit.positions), unit.triangles, unit.corner_uvs)
+    count = unit.num_triangles
+    return PreparedMesh(user, unit, normalization, np.arange(count), count, unwrapped, [])
+
+
+def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
+                    context: JobContext) -> tuple[dict[str, str], float]:
+    """The texture and edit jobs' last stages: bake the field into the mesh's UV layout, export it
+    and save the state. Returns the outputs and the bake's UV coverage."""
+    context.reporter.stage("baking")
+    with context.timed("bake_s"):
+        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device,
+                             cancel=context.cancel)
+    context.reporter.stage("exporting")
+    with context.timed("export_s"):
+        outputs = export_textured_mesh(context.output_dir, mesh, baked.image, context.cancel)
+        outputs["state"] = save_texture_state(context.output_dir, field, config.hash_grid, mesh.normalization,
+                                              config)
+    return outputs, float(baked.coverage)
+
+
+def export_textured_mesh(out: Path, mesh: PreparedMesh, texture: np.ndarray,
+                         cancel: CancelToken | None = None) -> dict[str, str]:
+    """Texture, GLB, OBJ + MTL and preview sheet; a cancel (signal or file) stops between any two,
+    and a signal within one (each file is written whole or not at all)."""
+    writers = (lambda: atomic_save_image(out / "texture.png", texture),
+               lambda: write_glb(out / "mesh.glb", mesh.user, texture, mesh.normalization.up_axis),
+               lambda: write_obj(out / "mesh.obj", mesh.user, "texture.png", mesh.normalization.up_axis),
+               lambda: save_preview_sheet(out / "preview.png", mesh.unit, texture))
+    for write in writers:
+        if cancel is not None:
+            cancel.check()
+        write()
+    return {"glb": "mesh.glb", "obj": "mesh.obj", "mtl": "mesh.mtl", "texture": "texture.png",
+            "preview": "preview.png"}
+
+
+def save_texture_state(out: Path, field: TextureField, field_config, normalization: Normalization, settings) -> str:
+    """What an edit job needs to continue a texture: the field, its layout, the frame and the job's settings."""
+    return TextureState(field.state_dict(), to_dict(field_config), normalization.to_dict(), to_dict(settings)).save(out)
+
+
+def save_corner_uvs(out: Path, mesh: PreparedMesh) -> str:
+    """The UVs the texture was baked for, per corner, in the INPUT triangle order, so the
+    add-on can add them to the original object (triangles dropped as degenerate get zeros)."""
+    corner_uvs = np.zeros((mesh.input_triangles, 3, 2), dtype=np.float32)
+    corner_uvs[mesh.kept_triangles] = mesh.user.corner_uvs
+    buffer = io.BytesIO()
+    np.save(buffer, corner_uvs)
+    atomic_write_bytes(out / "corner_uvs.npy", buffer.getvalue())
+    return "corner_uvs.npy"
+
+
+def write_preview(context: JobContext, step: int, view: np.ndarray, texture: np.ndarray | None = None) -> None:
+    """A live preview for the add-on: one render (`view`) and, for a texture on a fixed UV layout,
+    a low-resolution texture its viewport shows on the mesh (the event's `path`; else the render)."""
+    previews = context.output_dir / "previews"
+    previews.mkdir(exist_ok=True)
+    view_name = f"previews/view_{step:06d}.png"
+    shown = view_name
+    if texture is not None:
+        shown = f"previews/texture_{step:06d}.png"
+        atomic_save_image(context.output_dir / shown, texture)
+    atomic_save_image(context.output_dir / view_name, view)
+    context.reporter.emit("preview", step=step, path=context.live_path(shown), view=context.live_path(view_name))
+
+
+def write_field_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, step: int,
+                        context: JobContext) -> None:
+    """The texture and edit jobs' preview: the field baked small, and its albedo in the first view."""
+    with torch.no_grad():
+        texture = bake_texture(mesh.unit, lambda p: field(p), PREVIEW_TEXTURE_SIZE, context.device).image
+        view, _ = views.get(0)
+        render = render_albedo_view(field, view)[0]
+    write_preview(context, step, (render.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8), texture)
