@@ -5,7 +5,7 @@ checks: the bounds declared on the fields and the one validator; presets: named 
 and prior; dicts: to and from JSON; job_settings: job.json and a generate run's saved settings.
 """
 
-from .checks import (DEVICE_PATTERN, MAX_EXTRA_CAMERAS, MAX_GUIDANCE_WEIGHT, MAX_LEARNING_RATE, MAX_NAME_CHARS,
+from .checks import (MAX_EXTRA_CAMERAS, MAX_GUIDANCE_WEIGHT, MAX_LEARNING_RATE, MAX_NAME_CHARS,
                      MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MAX_VIEW_POOL, MAX_WEIGHT, Settings, check_settings)
 from .dicts import to_dict, update_from_dict
 from .edit import DEFAULT_FIT_STEPS, DEFAULT_PRESERVE_WEIGHT, SOURCE_MODEL, EditJobConfig
@@ -20,7 +20,7 @@ from .presets import PRESETS, apply_preset, preset_for
 from .texture import PIXEL_MODEL_RENDER_SIZE, TextureJobConfig
 
 __all__ = [
-    "DEVICE_PATTERN", "MAX_EXTRA_CAMERAS", "MAX_GUIDANCE_WEIGHT", "MAX_LEARNING_RATE", "MAX_NAME_CHARS",
+    "MAX_EXTRA_CAMERAS", "MAX_GUIDANCE_WEIGHT", "MAX_LEARNING_RATE", "MAX_NAME_CHARS",
     "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_STEPS", "MAX_VIEW_POOL", "MAX_WEIGHT", "Settings", "check_settings",
     "to_dict", "update_from_dict", "DEFAULT_FIT_STEPS", "DEFAULT_PRESERVE_WEIGHT", "SOURCE_MODEL", "EditJobConfig",
     "NERF_STAGE_STEPS", "REFINE_STAGE_STEPS", "ExtractConfig", "GenerateJobConfig", "GenerateStages",

@@ -33,7 +33,6 @@ MAX_EXTRA_CAMERAS = 64
 MAX_VIEW_POOL = 1_024
 # The largest loss weight, density scale or threshold a job may set (the released ones are at most 10,000).
 MAX_WEIGHT = 1e6
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 
 def _plain_number(value: Any) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Literal
 
-from .checks import (DEVICE_PATTERN, MAX_PROMPT_CHARS, MAX_SEED, Settings, check_extra_cameras, check_setting, count, custom,
+from ..job.protocol import DEVICE_PATTERN
+from .checks import (MAX_PROMPT_CHARS, MAX_SEED, Settings, check_extra_cameras, check_setting, count, custom,
                      integer, learning_rate_setting, pattern, text)
 from .parts import DEFAULT_NEGATIVE_PROMPT, CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig
 from .presets import apply_preset, open_settings, preset_for

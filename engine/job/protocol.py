@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import JobFileError
 from .paths import inside_folder
+
+# The devices a job may name (job.json's `device`, the CLI's --device).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 PROTOCOL_VERSION = 1
 TASKS = ("texture", "generate", "edit")

@@ -13,11 +13,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..config import DEVICE_PATTERN
 from ..errors import BadInputError, Cancelled, DeviceError, EngineError, OutOfMemoryError
 from .outputs import RESULT_FILE, OutputFolder
 from .progress import CancelToken, ProgressReporter
-from .protocol import result_document, write_result
+from .protocol import DEVICE_PATTERN, result_document, write_result
 
 
 @dataclass
