@@ -84,6 +84,14 @@ def weights_variant(folder: Path) -> str | None:
     return weights_kind(chosen[0])[1] if chosen else None
 
 
+def load_weights(model_class, folder: Path, subfolder: str | None = None, dtype=None):
+    """`model_class.from_pretrained` on a local folder (or one of its component subfolders), in
+    `dtype`, with the weights variant that folder holds."""
+    location = {"subfolder": subfolder} if subfolder else {}
+    return model_class.from_pretrained(folder, torch_dtype=dtype, variant=weights_variant(folder / (subfolder or "")),
+                                       **location)
+
+
 def components_to_load(index: dict) -> list[str]:
     """The component folders a pipeline's model_index.json lists, but those the engine never loads.
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ControlImages, DiffusionPrior
-from .hub import weights_variant
+from .hub import load_weights
 from .schedule import load_noise_schedule
 from .tokenizer import load_tokenizer
 
@@ -41,14 +41,10 @@ class LatentPrior(DiffusionPrior):
 
         schedule = load_noise_schedule(folder, name)
         tokenizer = load_tokenizer(folder, "tokenizer", name)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
-                                                    variant=weights_variant(folder / "unet")).to(device)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype,
-                                            variant=weights_variant(folder / "vae")).to(device)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype,
-                                                     variant=weights_variant(folder / "text_encoder")).to(device)
-        controlnets = {key: ControlNetModel.from_pretrained(path, torch_dtype=dtype,
-                                                            variant=weights_variant(path)).to(device)
+        unet = load_weights(UNet2DConditionModel, folder, "unet", dtype).to(device)
+        vae = load_weights(AutoencoderKL, folder, "vae", dtype).to(device)
+        text_encoder = load_weights(CLIPTextModel, folder, "text_encoder", dtype).to(device)
+        controlnets = {key: load_weights(ControlNetModel, path, dtype=dtype).to(device)
                        for key, path in controlnet_folders.items()}
         return cls(unet, vae, text_encoder, tokenizer, schedule.alphas_cumprod, controlnets, name, device, dtype,
                    prediction_type=schedule.prediction_type)

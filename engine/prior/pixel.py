@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelNotFoundError
 from .base import ControlImages, DiffusionPrior
-from .hub import weights_variant
+from .hub import load_weights
 from .schedule import load_noise_schedule
 from .tokenizer import load_tokenizer
 
@@ -59,10 +59,8 @@ class PixelPrior(DiffusionPrior):
                                      "Use a DeepFloyd IF stage I folder or the bundled prior.")
         schedule = load_noise_schedule(folder, name)
         tokenizer = load_tokenizer(folder, "tokenizer", name)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
-                                                    variant=weights_variant(folder / "unet")).to(device)
-        text_encoder = encoder_type.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype,
-                                                    variant=weights_variant(folder / "text_encoder")).to(device)
+        unet = load_weights(UNet2DConditionModel, folder, "unet", dtype).to(device)
+        text_encoder = load_weights(encoder_type, folder, "text_encoder", dtype).to(device)
         return cls(unet, text_encoder, tokenizer, schedule.alphas_cumprod, name, device, dtype,
                    t5_prompts=encoder_class.startswith("T5"), prediction_type=schedule.prediction_type)
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..errors import ModelNotFoundError
 from .base import ControlImages
-from .hub import weights_variant
+from .hub import load_weights
 from .latent import LatentPrior
 from .schedule import load_noise_schedule
 from .tokenizer import load_tokenizer
@@ -89,15 +89,13 @@ def load_vae(folder: Path, dtype: torch.dtype):
 
     config = AutoencoderKL.load_config(folder, subfolder="vae")
     if dtype != torch.float16 or not config.get("force_upcast", False):
-        return AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype,
-                                             variant=weights_variant(folder / "vae")), None
+        return load_weights(AutoencoderKL, folder, "vae", dtype), None
     fixed = find_fp16_fix_vae(folder)
     if fixed is not None:
-        return AutoencoderKL.from_pretrained(fixed, torch_dtype=dtype, variant=weights_variant(fixed)), None
+        return load_weights(AutoencoderKL, fixed, dtype=dtype), None
     warning = (f"SDXL's VAE overflows in half precision, so it runs in float32 (slower, more GPU memory). "
                f"Download the fp16-fixed VAE once (`python -m engine models download {FP16_FIX_VAE} --allow-download`) and the engine uses it.")
-    return AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32,
-                                         variant=weights_variant(folder / "vae")), warning
+    return load_weights(AutoencoderKL, folder, "vae", torch.float32), warning
 
 
 class SdxlPrior(LatentPrior):
@@ -131,18 +129,13 @@ class SdxlPrior(LatentPrior):
 
         index = json.loads((folder / "model_index.json").read_text())
         schedule = load_noise_schedule(folder, name)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
-                                                    variant=weights_variant(folder / "unet")).to(device)
+        unet = load_weights(UNet2DConditionModel, folder, "unet", dtype).to(device)
         vae, vae_warning = load_vae(folder, dtype)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype,
-                                                     variant=weights_variant(folder / "text_encoder"))
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2",
-                                                                     torch_dtype=dtype,
-                                                                     variant=weights_variant(folder / "text_encoder_2"))
+        text_encoder = load_weights(CLIPTextModel, folder, "text_encoder", dtype)
+        text_encoder_2 = load_weights(CLIPTextModelWithProjection, folder, "text_encoder_2", dtype)
         tokenizers = (load_tokenizer(folder, "tokenizer", name), load_tokenizer(folder, "tokenizer_2", name))
         # load_prior has checked that the ControlNets are SDXL ones (addition_embed_type text_time).
-        controlnets = {key: ControlNetModel.from_pretrained(path, torch_dtype=dtype,
-                                                            variant=weights_variant(path)).to(device)
+        controlnets = {key: load_weights(ControlNetModel, path, dtype=dtype).to(device)
                        for key, path in controlnet_folders.items()}
         prior = cls(unet, vae.to(device), (text_encoder.to(device), text_encoder_2.to(device)), tokenizers,
                     schedule.alphas_cumprod, controlnets, name, device, dtype,
