@@ -71,6 +71,14 @@ class Cancelled(EngineError):
         super().__init__(message, hint)
 
 
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (at most 200 characters), or its type's name
+    when it has none: what a user-facing message quotes of a library's error."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
 EXIT_CODES = {cls.exit_code: cls.kind for cls in
               (EngineError, BadInputError, ModelNotFoundError, DeviceError, OutOfMemoryError,
                OutputError, JobFileError, Cancelled)}

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Iterator, Self
 
 import torch
 
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 from ..files import atomic_write_bytes
 from .paths import open_inside
 
@@ -153,7 +153,7 @@ def read_state(folder: str | Path, name: str | Path, kind: str) -> dict | None:
                                 "it was not written by this engine, or by an older one, and is not loaded.",
                                 RERUN_HINT) from error
         except Exception as error:  # noqa: BLE001 - any unreadable state is bad input
-            raise BadInputError(f"{path} cannot be read: {_first_line(error)}.",
+            raise BadInputError(f"{path} cannot be read: {first_line(error)}.",
                                 "The file is damaged or from another program. " + RERUN_HINT) from error
     check_state(state, kind, path)
     return state
@@ -187,10 +187,5 @@ def applying_state(path: Path) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise BadInputError(f"{path} does not fit this job ({type(error).__name__}: {_first_line(error)}).",
+        raise BadInputError(f"{path} does not fit this job ({type(error).__name__}: {first_line(error)}).",
                             RERUN_HINT) from error
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__

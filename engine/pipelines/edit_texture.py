@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import EditJobConfig
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 from ..field.texture_field import TextureField, fit_field
 from ..files import atomic_write_bytes
 from ..job.runner import JobContext
@@ -130,7 +130,7 @@ def load_field_state(field: TextureField, state: dict, source: Path) -> None:
         field.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as error:
         raise BadInputError(f"The texture field saved in {source} does not fit this engine's field "
-                            f"({str(error).splitlines()[0][:200]}).",
+                            f"({first_line(error)}).",
                             "Run the texture job again with this engine.") from error
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..config import EditJobConfig, TextureJobConfig
+from ..errors import first_line
 from ..field.texture_field import TextureField
 from ..guidance.score_distillation import (batch_embeddings, distill, guidance_direction, sample_timesteps_and_noise,
                                            score_distillation_loss)
@@ -380,7 +381,7 @@ def make_texture_step(field: TextureField, prior: DiffusionPrior, views: ViewPoo
         except RuntimeError as exc:
             torch.cuda.synchronize(device)
             field.zero_grad(set_to_none=True)
-            reasons.append(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+            reasons.append(first_line(exc))
     step = EagerTextureStep(*args)
     step.warnings.append(f"The CUDA-graph texture step could not be captured ({reasons[-1]}); "
                          "using the slower eager step.")

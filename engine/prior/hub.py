@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import BUNDLED_MODEL, CONTROLNET_CONDITIONS, DEFAULT_LATENT_MODEL
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, first_line
 from ..job.progress import CancelToken, ProgressReporter, format_bytes
 from .families import (BUNDLED_PRIOR_DIR, FAMILY_CONTROLNETS, FAMILY_NAMES, FAMILY_USES, Family,
                        describe_model_folder, read_json)
@@ -271,8 +271,7 @@ def _hub_errors(model: str) -> Iterator[None]:
         raise ModelNotFoundError(f"There is no model {model!r} on the Hugging Face Hub (or it is private).",
                                  "Check the id; for a private model log in with `hf auth login`.") from exc
     except (httpx2.HTTPError, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelNotFoundError(f"Could not download {model}: {reason}.",
+        raise ModelNotFoundError(f"Could not download {model}: {first_line(exc)}.",
                                  "Check the internet connection and the free disk space, then try again; "
                                  "finished files are kept.") from exc
 

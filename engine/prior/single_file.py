@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, first_line
 from .families import FAMILY_NAMES, SUPPORTED, Family, unsupported
 
 UNET_PREFIX = "model.diffusion_model."
@@ -83,8 +83,7 @@ def read_checkpoint_header(path: Path) -> dict[str, TensorInfo]:
                 return header
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:  # safetensors and torch.load raise many types for a damaged or foreign file
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(f"{path} cannot be read as a checkpoint: {reason}.",
+        raise ModelNotFoundError(f"{path} cannot be read as a checkpoint: {first_line(exc)}.",
                                  "Download it again; a .ckpt that holds more than tensors cannot be read safely, "
                                  "so prefer the model's .safetensors file.") from exc
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None

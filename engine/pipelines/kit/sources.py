@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ...config import HashGridConfig, update_from_dict
-from ...errors import BadInputError
+from ...errors import BadInputError, first_line
 from ...job.outputs import require_ok_result
 from ...job.paths import file_inside, read_bytes_inside
 from ...job.state_files import REFINED_MESH_STATE, TEXTURE_STATE, RefinedMeshState, TextureState, applying_state
@@ -128,7 +128,7 @@ def check_corner_uvs(data: bytes, path: Path) -> None:
     try:
         uvs = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
-        raise BadInputError(f"{path} is not a .npy array ({str(error).splitlines()[0][:200]}).",
+        raise BadInputError(f"{path} is not a .npy array ({first_line(error)}).",
                             "Pass the texture job's output folder unchanged.") from error
     if not isinstance(uvs, np.ndarray) or uvs.ndim != 3 or uvs.shape[1:] != (3, 2) \
             or not np.issubdtype(uvs.dtype, np.floating):

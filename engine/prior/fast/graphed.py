@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...errors import first_line
 from ..base import ControlImages, DiffusionPrior
 from .channels_last import nhwc_kernels, set_memory_format
 from .group_norm_triton import triton_available, triton_group_norms
@@ -74,7 +75,7 @@ class GraphedNoisePrediction:
                 raise
             except RuntimeError as exc:  # an operation that cannot be captured: stay correct, run eagerly
                 torch.cuda.synchronize(noisy.device)
-                self.failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                self.failure = first_line(exc)
                 return self.predict(noisy, timesteps, embeddings, control)
         call.noisy.copy_(noisy)
         call.timesteps.copy_(timesteps)
