@@ -309,6 +309,37 @@ def add_models_commands(commands) -> None:
     download.set_defaults(handler=command_models_download)
 
 
+def add_serve_command(commands) -> None:
+    serve = commands.add_parser("serve", help="run jobs sent over HTTP on this machine's GPUs or a Ray cluster "
+                                              "(docs/remote.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback needs "
+                                                           "--token-file)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token-file", type=Path, default=None,
+                       help="file holding the token clients must send (Authorization: Bearer TOKEN)")
+    serve.add_argument("--ray-address", default=None,
+                       help="a Ray cluster to run jobs on (auto, or HOST:PORT); default: Ray on this machine")
+    serve.add_argument("--max-upload-mb", type=int, default=512, help="largest job folder accepted, zipped")
+    serve.add_argument("--jobs-dir", type=Path, default=Path("engine-jobs"),
+                       help="where the queue, every job's files and its outputs are kept")
+    serve.add_argument("--keep-days", type=float, default=7.0,
+                       help="delete finished jobs after this many days (0: never)")
+    serve.add_argument("--models-dir", type=Path, default=None,
+                       help="a folder of diffusers models jobs may name by path")
+    serve.add_argument("--allow-download", action="store_true",
+                       help="let jobs fetch models from the Hugging Face Hub")
+    serve.set_defaults(handler=command_serve)
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    from .server.serve import ServeSettings, serve
+
+    return serve(ServeSettings(host=args.host, port=args.port, token_file=args.token_file,
+                               ray_address=args.ray_address, max_upload_mb=args.max_upload_mb,
+                               jobs_dir=args.jobs_dir, keep_days=args.keep_days, models_dir=args.models_dir,
+                               allow_download=args.allow_download))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine",
                                      description="CSD texture, generate and edit jobs (csd-blender's engine).")
@@ -326,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job_dir")
     run.set_defaults(handler=command_run)
     add_models_commands(commands)
+    add_serve_command(commands)
     return parser
 
 

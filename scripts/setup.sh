@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-engine.txt -r requirements-dev.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-engine.txt -r requirements-server.txt -r requirements-dev.txt
 echo "engine environment ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import GenerateJobConfig, NerfStageConfig, save_config, to_dict, update_from_dict
+from ..config import CONFIG_FILE, GenerateJobConfig, NerfStageConfig, save_config, to_dict, update_from_dict
 from ..errors import BadInputError
 from ..bake.bake import bake_texture
 from ..field.texture_field import fit_field
@@ -285,6 +285,7 @@ def save_nerf_state(context: JobContext, model: NerfModel, optimizer: torch.opti
     context.outputs["state_stage1"] = NerfState(
         step, step >= config.stage1.steps, config.prompt, model.state_dict(), optimizer.state_dict(),
         generator.get_state(), to_dict(config.stage1)).save(context.output_dir)
+    report_checkpoint(context, 1, step)
 
 
 @torch.no_grad()
@@ -430,6 +431,13 @@ def save_mesh_state(context: JobContext, mesh: RefinableMesh, optimizer: torch.o
         step, complete, config.prompt, mesh.state_dict(), optimizer.state_dict(), generator.get_state(),
         to_dict(config.stage2), placement.to_dict(), normalization.to_dict(), export_normalization
     ).save(context.output_dir)
+    report_checkpoint(context, 2, step)
+
+
+def report_checkpoint(context: JobContext, stage: int, step: int) -> None:
+    """Say which files a resumed run continues from (a remote worker ships them to the server)."""
+    names = [name for name in (CONFIG_FILE, NERF_STATE, REFINED_MESH_STATE) if (context.output_dir / name).is_file()]
+    context.reporter.emit("checkpoint", stage=stage, step=step, files=[context.live_path(name) for name in names])
 
 
 # ------------------------------------------------------------------------------------------------
