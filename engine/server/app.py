@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,6 +30,56 @@ API = "/v1"
 KEEPALIVE_S = 15.0
 EVENT_POLL_S = 0.25
 STATUS_OF = {JobNotFound: 404, JobNotFinished: 409, ArchiveError: 400, JobFileError: 422, BadInputError: 422}
+
+
+class ErrorBody(BaseModel):
+    kind: str
+    message: str
+    hint: str = ""
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Job(BaseModel):
+    """A job as the server sees it (engine/server/store.py's JobRecord)."""
+
+    id: str
+    task: str
+    label: str
+    status: str  # queued, running, ok, error, cancelled
+    exit_code: int | None
+    error: dict | None  # the engine's error: kind, message, hint, exit_code
+    attempt: int
+    cancel_requested: bool
+    created: float
+    started: float | None
+    ended: float | None
+    progress: dict  # stage, step, total_steps, eta_s, loss
+    events: int
+
+
+class JobResponse(BaseModel):
+    job: Job
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class ServerInfo(BaseModel):
+    engine_version: str
+    protocol: int
+    ray: dict  # address, nodes, gpus, cpus, free_gpus, free_cpus, accelerators, job_slot
+    models: list[dict]  # model, use, complete, size (models under --models-dir by their path)
+    max_upload_bytes: int
+    allow_download: bool
+    jobs: dict[str, int]  # how many jobs are in each status
+
+
+def _errors(*statuses: int) -> dict:
+    return {status: {"model": ErrorResponse} for status in statuses}
 
 
 @dataclass(frozen=True)
@@ -107,7 +158,7 @@ def create_app(store: JobStore, dispatcher: RayDispatcher | None, settings: ApiS
         return error_response(500, "server_error", f"The server failed: {type(error).__name__}.",
                               "See the server's log; report the problem if it repeats.")
 
-    @app.get(f"{API}/server")
+    @app.get(f"{API}/server", response_model=ServerInfo, responses=_errors(401))
     async def server_info() -> dict:
         """Engine version, protocol, Ray resources, the models on the server, limits, job counts."""
         from ..prior.hub import list_models
@@ -124,7 +175,10 @@ def create_app(store: JobStore, dispatcher: RayDispatcher | None, settings: ApiS
                 "jobs": {status: sum(1 for r in records if r.status == status)
                          for status in ("queued", "running", "ok", "error", "cancelled")}}
 
-    @app.post(f"{API}/jobs", status_code=201)
+    @app.post(f"{API}/jobs", status_code=201, response_model=JobResponse,
+              responses=_errors(400, 401, 411, 413, 415, 422),
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/zip": {"schema": {"type": "string", "format": "binary"}}}}})
     async def submit(request: Request) -> dict:
         """Submit a job folder: the request body is the folder zipped, job.json at its root."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
@@ -157,15 +211,17 @@ def create_app(store: JobStore, dispatcher: RayDispatcher | None, settings: ApiS
                               f"({settings.max_upload_bytes // (1 << 20)} MB).",
                               "Send a smaller mesh, or start the server with a larger --max-upload-mb.")
 
-    @app.get(f"{API}/jobs")
+    @app.get(f"{API}/jobs", response_model=JobList, responses=_errors(401))
     async def list_jobs() -> dict:
         return {"jobs": [record.to_dict() for record in store.list()]}
 
-    @app.get(f"{API}/jobs/{{job_id}}")
+    @app.get(f"{API}/jobs/{{job_id}}", response_model=JobResponse, responses=_errors(401, 404))
     async def get_job(job_id: str) -> dict:
         return {"job": store.get(job_id).to_dict()}
 
-    @app.get(f"{API}/jobs/{{job_id}}/events")
+    @app.get(f"{API}/jobs/{{job_id}}/events", responses={
+        **_errors(401, 404), 200: {"content": {"text/event-stream": {}},
+                                   "description": "id: N, event: progress, data: one JSON event per message"}})
     async def events(job_id: str, request: Request, after: int = 0):
         """The job's events as server-sent events, from event `after` + 1 to the job's end."""
         store.get(job_id)
@@ -174,24 +230,28 @@ def create_app(store: JobStore, dispatcher: RayDispatcher | None, settings: ApiS
         return StreamingResponse(_event_stream(store, job_id, start, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get(f"{API}/jobs/{{job_id}}/previews/{{path:path}}")
+    @app.get(f"{API}/jobs/{{job_id}}/previews/{{path:path}}", response_class=FileResponse,
+             responses={**_errors(401, 404), 200: {"content": {"image/png": {}}}})
     async def preview(job_id: str, path: str):
         return FileResponse(store.preview_file(job_id, path), media_type="image/png")
 
-    @app.post(f"{API}/jobs/{{job_id}}/cancel", status_code=202)
+    @app.post(f"{API}/jobs/{{job_id}}/cancel", status_code=202, response_model=JobResponse,
+              responses=_errors(401, 404))
     async def cancel(job_id: str) -> dict:
         record = store.request_cancel(job_id)
         if dispatcher is not None:
             dispatcher.wake()
         return {"job": record.to_dict()}
 
-    @app.get(f"{API}/jobs/{{job_id}}/outputs")
+    @app.get(f"{API}/jobs/{{job_id}}/outputs", response_class=Response,
+             responses={**_errors(401, 404, 409), 200: {"content": {"application/zip": {}},
+                                                        "description": "the output folder, zipped"}})
     async def outputs(job_id: str):
         data = await asyncio.to_thread(store.outputs_archive, job_id)
         return Response(data, media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}-outputs.zip"'})
 
-    @app.delete(f"{API}/jobs/{{job_id}}", status_code=204)
+    @app.delete(f"{API}/jobs/{{job_id}}", status_code=204, response_class=Response, responses=_errors(401, 404, 409))
     async def delete(job_id: str):
         await asyncio.to_thread(store.delete, job_id)
         return Response(status_code=204)
@@ -235,3 +295,16 @@ def _engine_version() -> str:
     import engine
 
     return engine.__version__
+
+
+def openapi_document() -> str:
+    """The API's schema as docs/openapi.json holds it (`python -m engine.server.app` prints it)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return json.dumps(create_app(JobStore(folder), None, ApiSettings()).openapi(), indent=1, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(openapi_document(), end="")
