@@ -2,20 +2,24 @@
 
 ``prepare_texture``, ``prepare_generate`` and ``prepare_edit`` read the scene and the selection,
 raise a UserError for anything the artist can fix, and return the queued-to-be jobs, each with
-its typed request (csd_blender.exchange.requests), and notes for the artist.
+its typed request (csd_blender.exchange.requests), and notes for the artist. In remote mode the
+same job folder is written, with the request kept beside it (a later session may import the
+result: ``prepare_fetch_remote``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from . import preferences
 from .blender import mesh_export, result_import
-from .engine_setup import EngineLaunch, engine_launch
-from .exchange import job_folder, protocol
+from .engine_setup import EngineLaunch, engine_launch, remote_server
+from .exchange import job_folder, protocol, remote, remote_process
 from .exchange import settings as settings_mod
 from .exchange.errors import UserError
 from .exchange.queue import QUEUE, Job
+from .exchange.remote_process import RemoteTarget
 from .exchange.requests import (
     EditRequest,
     GenerateRequest,
@@ -32,18 +36,42 @@ def require_prompt(text: str, what: str = "prompt") -> str:
     return text.strip()
 
 
-def _new_job_dir(task: str, label: str) -> Path:
+Engine = EngineLaunch | RemoteTarget
+
+
+def _engine(prefs, models: dict[str, str]) -> Engine:
+    """Where the job runs: the engine on this computer, or the remote server (whose jobs may not
+    name folders on this computer: ``models``, role -> the model setting the job uses)."""
+    if not preferences.is_remote(prefs):
+        return engine_launch(prefs)
+    config = remote_server(prefs)
+    remote.check_remote_models(models, preferences.EngineState.server_models)
+    return RemoteTarget(config)
+
+
+def _new_job_dir(task: str, label: str, engine: Engine) -> Path:
     try:
-        root = preferences.jobs_root()
-        if not QUEUE.busy:  # failed jobs keep their folders (and logs) for a while: the newest ten
-            job_folder.prune_job_dirs(root, keep=10)
+        if isinstance(engine, RemoteTarget):
+            root = preferences.remote_jobs_root()
+            remote_process.prune(root, keep=10, busy={job.job_dir for job in QUEUE.jobs})
+        else:
+            root = preferences.jobs_root()
+            if not QUEUE.busy:  # failed jobs keep their folders (and logs) for a while: the newest ten
+                job_folder.prune_job_dirs(root, keep=10)
         return job_folder.create_job_dir(root, task, label)
     except OSError as exc:
         raise UserError(f"The job folder could not be created: {exc}.", "Check free disk space and permissions.") from None
 
 
-def _job(task: str, label: str, job_dir: Path, launch: EngineLaunch, prefs, request: JobRequest) -> Job:
-    return Job(task, label, job_dir, launch.python, launch.source, launch.env, keep_dir=prefs.keep_job_folders,
+def _job(task: str, label: str, job_dir: Path, engine: Engine, prefs, request: JobRequest, context) -> Job:
+    if isinstance(engine, RemoteTarget):
+        try:
+            remote_process.save_request(job_dir, task, label, context.blend_data.filepath, request)
+        except OSError as exc:
+            job_folder.remove_tree(job_dir)
+            raise UserError(f"The job folder could not be written: {exc}.", "Check free disk space.") from None
+        return Job(task, label, job_dir, "", None, keep_dir=prefs.keep_job_folders, request=request, remote=engine)
+    return Job(task, label, job_dir, engine.python, engine.source, engine.env, keep_dir=prefs.keep_job_folders,
                request=request)
 
 
@@ -66,7 +94,11 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
                         "Select one or more mesh objects.")
     for obj in meshes:
         mesh_export.check_mesh_object(obj)
-    launch = engine_launch(prefs)
+    pd = preferences.as_dict(prefs)
+    models = {"texture model": pd["texture_model"]}
+    if scene.use_controlnet:
+        models.update({"depth ControlNet": pd["controlnet_depth"], "canny ControlNet": pd["controlnet_canny"]})
+    engine = _engine(prefs, models)
     depsgraph = context.evaluated_depsgraph_get()
     exports = [(obj, mesh_export.export_evaluated_mesh(obj, depsgraph)) for obj in meshes]
     for obj, ex in exports:
@@ -75,11 +107,11 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
                             "could not be put back on it.",
                             "Add a UV map first (UV > Smart UV Project), or apply the modifiers.")
     cameras = mesh_export.scene_cameras(context.scene) if scene.use_scene_cameras else None
-    settings = settings_mod.texture_settings(scene.as_dict(), preferences.as_dict(prefs), cameras)
+    settings = settings_mod.texture_settings(scene.as_dict(), pd, cameras)
     jobs = []
     try:
         for obj, ex in exports:
-            job_dir = _new_job_dir("texture", obj.name)
+            job_dir = _new_job_dir("texture", obj.name, engine)
             try:
                 job_folder.write_mesh_npz(job_dir / protocol.MESH_FILE, ex.positions, ex.triangles, ex.corner_uvs)
                 job_folder.write_job(job_dir, "texture", settings, mesh=protocol.MESH_FILE)
@@ -91,7 +123,7 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
                 _object_ref(obj, ex.counts), settings["prompt"], uv_map=None if needs_uvs else ex.uv_map,
                 needs_uvs=needs_uvs, tri_loops=ex.tri_loops,
                 overlay=MeshOverlay(ex.positions, ex.triangles, None if needs_uvs else ex.corner_uvs))
-            jobs.append(_job("texture", obj.name, job_dir, launch, prefs, request))
+            jobs.append(_job("texture", obj.name, job_dir, engine, prefs, request, context))
     except BaseException:
         for job in jobs:
             job_folder.remove_tree(job.job_dir)
@@ -109,16 +141,18 @@ def prepare_generate(context) -> tuple[list[Job], list[str]]:
     scene = context.scene.csd
     prefs = preferences.get(context)
     prompt = require_prompt(scene.prompt)
-    launch = engine_launch(prefs)
-    settings = settings_mod.generate_settings(scene.as_dict(), preferences.as_dict(prefs))
-    job_dir = _new_job_dir("generate", prompt)
+    pd = preferences.as_dict(prefs)
+    engine = _engine(prefs, {"generate model (stage 1)": pd["generate_model"],
+                             "generate model (stage 2)": pd["generate_refine_model"]})
+    settings = settings_mod.generate_settings(scene.as_dict(), pd)
+    job_dir = _new_job_dir("generate", prompt, engine)
     try:
         job_folder.write_job(job_dir, "generate", settings)
     except OSError as exc:
         job_folder.remove_tree(job_dir)
         raise UserError(f"The job folder could not be written: {exc}.", "Check free disk space.") from None
     request = GenerateRequest(prompt, tuple(context.scene.cursor.location))
-    return [_job("generate", result_import.short(prompt, 30), job_dir, launch, prefs, request)], []
+    return [_job("generate", result_import.short(prompt, 30), job_dir, engine, prefs, request, context)], []
 
 
 def _image_texture_uv(obj) -> str | None:
@@ -162,8 +196,9 @@ def prepare_edit(context) -> tuple[list[Job], list[str]]:
         raise UserError(f"'{obj.name}' has no texture to edit.",
                         "Texture it first (Texture Selected), or pick an object made by Generate Asset "
                         "or one with an image texture and a UV map.")
-    launch = engine_launch(prefs)
-    job_dir = _new_job_dir("edit", obj.name)
+    pd = preferences.as_dict(prefs)
+    engine = _engine(prefs, {"edit model": pd["edit_model"]})
+    job_dir = _new_job_dir("edit", obj.name, engine)
     try:
         if ours:
             job_folder.link_or_copy_tree(Path(str(stored)), job_dir / "source")
@@ -174,7 +209,7 @@ def prepare_edit(context) -> tuple[list[Job], list[str]]:
             mesh_export.export_glb(obj, str(job_dir / "source.glb"), context)
             source = "source.glb"
         mode = "object" if (source_task == "generate" and scene.edit_geometry) else "material"
-        settings = settings_mod.edit_settings(scene.as_dict(), preferences.as_dict(prefs))
+        settings = settings_mod.edit_settings(scene.as_dict(), pd)
         if mode == "material":
             settings.pop("edit_geometry", None)
         job_folder.write_job(job_dir, "edit", settings, source=source)
@@ -188,4 +223,52 @@ def prepare_edit(context) -> tuple[list[Job], list[str]]:
         job_folder.remove_tree(job_dir)
         raise UserError(f"'{obj.name}' lost the UV map its texture uses.", "Texture it again, then edit.")
     request = EditRequest(_object_ref(obj, mesh_export.mesh_counts(obj.data)), target, uv_map=uv_map, mode=mode, source_task=source_task)
-    return [_job("edit", obj.name, job_dir, launch, prefs, request)], []
+    return [_job("edit", obj.name, job_dir, engine, prefs, request, context)], []
+
+
+def _current_target(request: JobRequest, context) -> JobRequest:
+    """A kept request's object found in this session: by name, still a mesh with the same counts
+    (the session id it was sent with means nothing now); a UserError when it is gone or changed."""
+    if not isinstance(request, (TextureRequest, EditRequest)):
+        return request
+    ref = request.target
+    obj = context.blend_data.objects.get(ref.name)
+    if obj is None or obj.type != 'MESH' or mesh_export.mesh_counts(obj.data) != ref.counts:
+        raise UserError(f"'{ref.name}' was deleted or its mesh changed since its remote job was sent; "
+                        "the result was not imported.", "")
+    return dataclasses.replace(request, target=_object_ref(obj, ref.counts))
+
+
+def prepare_fetch_remote(context) -> tuple[list[Job], list[str]]:
+    """Jobs following again the remote jobs this .blend sent in an earlier session: a finished one's
+    result is imported at once, a running one is followed to its end."""
+    prefs = preferences.get(context)
+    remote_server(prefs)  # a server URL is set and the network rules allow it
+    blend = context.blend_data.filepath
+    if not blend:
+        raise UserError("This file was never saved, so no remote job belongs to it.",
+                        "Open the .blend the remote jobs were sent from.")
+    followed = {job.job_dir for job in QUEUE.unfinished}
+    records = [r for r in remote_process.pending_records(preferences.remote_jobs_root(), blend)
+               if r.job_dir not in followed]
+    if not records:
+        raise UserError("No remote jobs of this file are waiting to be fetched.",
+                        "A remote job is listed here when its file is closed before the job has ended.")
+    jobs, notes = [], []
+    for record in records:
+        try:
+            request = _current_target(remote_process.load_request(record.job_dir), context)
+        except UserError as exc:
+            notes.append(f"{record.label}: {exc.text()} It is kept in {record.job_dir}.")
+            continue
+        config = remote.server_config(record.server, preferences.read_token(),
+                                      online_access=preferences.online_access(),
+                                      allow_loopback=prefs.allow_loopback_offline)
+        config.check_network()
+        jobs.append(Job(record.task, record.label, record.job_dir, "", None, keep_dir=prefs.keep_job_folders,
+                        request=request, remote=RemoteTarget(config, record.job_id)))
+    if not jobs:
+        raise UserError("None of this file's remote jobs can be imported.", " ".join(notes))
+    taken = {job.job_dir for job in jobs}
+    preferences.RemoteJobs.records = [r for r in preferences.RemoteJobs.records if r.job_dir not in taken]
+    return jobs, notes

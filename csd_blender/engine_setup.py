@@ -1,5 +1,6 @@
 """The engine's set-up and checks: the check before every job, and the preferences' buttons
-(set up the engine, check it, download a model), each a modal operator that never blocks Blender.
+(set up the engine, check it, download a model, test the connection to a remote server), each a
+modal operator that never blocks Blender.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .blender import preview
 from .exchange import engine_env
 from .exchange import models as models_mod
 from .exchange import progress as progress_mod
+from .exchange import remote, remote_process
 from .exchange.errors import UserError
 from .exchange.process import engine_process_env
 from .exchange.queue import QUEUE
@@ -44,6 +46,16 @@ def engine_launch(prefs) -> EngineLaunch:
         raise UserError("The engine's source code is missing from the extension.",
                         "Reinstall the extension, or set 'Engine source' in the preferences.")
     return EngineLaunch(str(python), source, preferences.engine_env_extra(prefs))
+
+
+def remote_server(prefs) -> remote.ServerConfig:
+    """The check before a remote job: a server URL the network rules allow (no engine Python is needed
+    here). Whether the server answers is found out by the job's own thread, never on this one."""
+    if prefs is None:
+        raise UserError("The extension's preferences are not available.", "Re-enable the extension.")
+    config = preferences.server_config(prefs)
+    config.check_network()
+    return config
 
 
 def _requirements_file() -> Path | None:
@@ -343,8 +355,88 @@ class CSD_OT_download_model_cancel(bpy.types.Operator):
         return {'FINISHED'}
 
 
+class CSD_OT_test_connection(bpy.types.Operator):
+    """Ask the remote server for its engine version, GPUs and models (Blender stays responsive)"""
+
+    bl_idname = "csd.test_connection"
+    bl_label = "Test connection"
+    bl_options = {'INTERNAL'}
+
+    def _begin(self, context):
+        state = preferences.EngineState
+        state.connection_ok, state.connection_lines = None, []
+        try:
+            config = remote_server(preferences.get(context))
+        except UserError as exc:
+            state.connection_ok, state.connection_lines = False, [exc.message, exc.hint]
+            self.report({'ERROR'}, exc.text())
+            return None
+        state.connection_url = config.url
+        state.connection = remote_process.BackgroundCall(lambda: remote.RemoteClient(config).server_info()).start()
+        return state.connection
+
+    def _end(self, call):
+        state = preferences.EngineState
+        state.connection = None
+        error = call.error
+        if error is None:
+            try:
+                remote.check_protocol(call.result)
+            except UserError as exc:
+                error = exc
+        if isinstance(error, UserError):
+            state.connection_ok, state.connection_lines = False, [error.message, error.hint]
+        elif isinstance(error, remote.ConnectionLost):
+            state.connection_ok = False
+            state.connection_lines = [f"The server could not be reached: {error}.", remote.UNREACHABLE_HINT]
+        elif error is not None:
+            state.connection_ok, state.connection_lines = False, [f"The test failed: {type(error).__name__}: {error}"]
+        else:
+            state.connection_ok = True
+            state.server_models = remote.server_models(call.result)
+            state.connection_lines = [f"Connected to {state.connection_url}"] + remote.describe_server(call.result)
+        self.report({'INFO'} if state.connection_ok else {'ERROR'}, " | ".join(state.connection_lines))
+        preview.redraw_panels()
+        return {'FINISHED'} if state.connection_ok else {'CANCELLED'}
+
+    def execute(self, context):
+        call = self._begin(context)
+        if call is None:
+            return {'CANCELLED'}
+        call.wait()
+        return self._end(call)
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        call = self._begin(context)
+        if call is None:
+            return {'CANCELLED'}
+        self._call = call
+        self._timer = context.window_manager.event_timer_add(0.2, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        preview.redraw_panels(context)
+        return {'RUNNING_MODAL'}
+
+    def modal(self, context, event):
+        if event.type != 'TIMER' or event.timer is not self._timer:
+            return {'PASS_THROUGH'}
+        if not self._call.done:
+            return {'RUNNING_MODAL'}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._end(self._call)
+
+    def cancel(self, context):
+        # The request ends on its own (its timeouts); nobody reads its answer.
+        preferences.EngineState.connection = None
+        try:
+            context.window_manager.event_timer_remove(self._timer)
+        except Exception:
+            pass
+
+
 classes = (CSD_OT_setup_engine, CSD_OT_setup_engine_cancel, CSD_OT_check_engine, CSD_OT_download_model,
-           CSD_OT_download_model_cancel)
+           CSD_OT_download_model_cancel, CSD_OT_test_connection)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)

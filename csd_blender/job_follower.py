@@ -104,7 +104,9 @@ class JobFollower:
                 QUEUE.record(job)
 
     def abandon(self, reason: str) -> None:
-        """Cancel and wait for the engines to exit: nobody will poll these jobs any more."""
+        """Cancel and wait for the engines to exit: nobody will poll these jobs any more. Remote jobs
+        are detached instead: the server runs them on, and a later session fetches their results."""
+        QUEUE.detach_remote("kept on the server, since Blender ended the operation.", self.jobs)
         self.cancel(reason)
         for job in self.jobs:
             if job.state in q.ACTIVE_STATES:

@@ -114,6 +114,15 @@ class CSD_OT_apply_edit(_JobOperator, bpy.types.Operator):
     prepare = staticmethod(build_jobs.prepare_edit)
 
 
+class CSD_OT_fetch_remote_jobs(_JobOperator, bpy.types.Operator):
+    """Import the results of this file's remote jobs that went on while it was closed (a job still running is followed to its end)"""
+
+    bl_idname = "csd.fetch_remote_jobs"
+    bl_label = "Fetch finished remote jobs"
+
+    prepare = staticmethod(build_jobs.prepare_fetch_remote)
+
+
 class CSD_OT_cancel(bpy.types.Operator):
     """Stop the running job and the ones waiting (your scene stays as it was)"""
 
@@ -165,8 +174,8 @@ class CSD_OT_open_folder(bpy.types.Operator):
         return {'FINISHED'}
 
 
-classes = (CSD_OT_texture_selected, CSD_OT_generate_asset, CSD_OT_apply_edit, CSD_OT_cancel,
-           CSD_OT_dismiss_report, CSD_OT_open_folder)
+classes = (CSD_OT_texture_selected, CSD_OT_generate_asset, CSD_OT_apply_edit, CSD_OT_fetch_remote_jobs,
+           CSD_OT_cancel, CSD_OT_dismiss_report, CSD_OT_open_folder)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)

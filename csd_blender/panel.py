@@ -9,6 +9,7 @@ import bpy
 from . import preferences
 from .blender import preview
 from .exchange import queue as q
+from .exchange.errors import UserError
 from .exchange.progress import DOWNLOADING, format_duration
 from .exchange.queue import QUEUE
 from .exchange.settings import BUNDLED
@@ -80,6 +81,43 @@ def draw_report(layout, width):
         box.operator("csd.open_folder", icon='FILE_FOLDER').path = report.job_dir
 
 
+def connection_state(prefs) -> tuple[str, str]:
+    """What the panel says about the remote server: (text, icon)."""
+    try:
+        config = preferences.server_config(prefs)
+        config.check_network()
+    except UserError as exc:
+        return exc.message, 'ERROR'
+    active = QUEUE.active
+    if active is not None and active.remote is not None and active.process.connection_lost:
+        return f"{config.host}: connection lost, retrying", 'ERROR'
+    state = preferences.EngineState
+    if state.connection_url == config.url and state.connection_ok is not None:
+        return (f"{config.host}: connected" if state.connection_ok else f"{config.host}: not reachable at the "
+                "last test"), 'LINKED' if state.connection_ok else 'ERROR'
+    return f"{config.host}: not tested yet (Test connection, in the preferences)", 'WORLD'
+
+
+def draw_remote(layout, prefs, width: int) -> None:
+    """The remote server's state, and this file's remote jobs that an earlier session left running."""
+    box = layout.box()
+    text, icon = connection_state(prefs)
+    _wrapped(box, f"Remote engine: {text}", icon, width)
+    followed = {job.job_dir for job in QUEUE.unfinished}
+    records = [r for r in preferences.RemoteJobs.records if r.job_dir not in followed and r.job_dir.is_dir()]
+    if not records:
+        return
+    check = preferences.RemoteJobs.check
+    states = check.result if check is not None and check.done and isinstance(check.result, dict) else {}
+    col = box.column(align=True)
+    col.label(text="Remote jobs of this file:", icon='WORLD')
+    for record in records:
+        state = states.get(record.job_id, "asking the server..." if check is not None and not check.done else "")
+        _wrapped(col, f"{q.TASK_NAMES.get(record.task, record.task)} '{record.label}'"
+                 + (f": {state}" if state else ""), 'BLANK1', width)
+    box.operator("csd.fetch_remote_jobs", icon='IMPORT')
+
+
 class _SidebarPanel:
     """What every CSD panel shares: its place, View3D > Sidebar > CSD."""
 
@@ -117,7 +155,9 @@ class CSD_PT_main(_SidebarPanel, bpy.types.Panel):
         if preferences.EngineState.downloading():
             preferences.draw_download(layout.box())
         draw_report(layout, width)
-        if prefs is not None and not prefs.engine_python:
+        if preferences.is_remote(prefs):
+            draw_remote(layout, prefs, width)
+        elif prefs is not None and not prefs.engine_python:
             from .exchange import engine_env
             if not engine_env.venv_python(preferences.default_venv()).exists():
                 box = layout.box()

@@ -1,13 +1,18 @@
-"""Add-on preferences: the engine environment, models, storage."""
+"""Add-on preferences: the engine (on this computer, or a remote server), models, storage.
+
+The remote server's token is kept in a file in the extension's user folder (readable by this
+user only), never in the .blend or Blender's preferences file: its field reads and writes that file.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from .exchange import engine_env
+from .exchange import engine_env, remote
 
 ADDON_ID = __package__
 
@@ -26,10 +31,25 @@ class EngineState:
     download_level = ""  # "INFO" or "ERROR" once it has ended
     download_message = ""
     download_hint = ""
+    # "Test connection" (remote mode): the request in flight, then what the server said.
+    connection = None  # remote_process.BackgroundCall while it runs
+    connection_url = ""  # the server it was about
+    connection_ok: bool | None = None
+    connection_lines: list = []
+    server_models: frozenset = frozenset()  # the model names the server listed at the last test
 
     @classmethod
     def downloading(cls) -> bool:
         return cls.download is not None and not cls.download.done
+
+
+class RemoteJobs:
+    """Remote jobs of the open .blend that an earlier session sent and did not follow to their end
+    (listed when the file is loaded), and their status on the server once asked (not saved)."""
+
+    records: list = []  # remote_process.RemoteRecord
+    states: dict = {}  # job id -> the server's status, or why it is not known
+    check = None  # remote_process.BackgroundCall asking the server
 
 
 def online_access() -> bool:
@@ -53,6 +73,69 @@ def jobs_root() -> Path:
     return user_dir("jobs")
 
 
+def remote_jobs_root() -> Path:
+    """Remote jobs' folders: apart from local ones, since they wait for a later session's fetch."""
+    return user_dir("remote-jobs")
+
+
+def token_path(create: bool = False) -> Path:
+    return user_dir("remote", create=create) / "token"
+
+
+_token_cache: dict = {"stamp": None, "token": ""}
+
+
+def read_token() -> str:
+    path = token_path()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return ""
+    if _token_cache["stamp"] != stamp:
+        try:
+            _token_cache.update(stamp=stamp, token=path.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            return ""
+    return _token_cache["token"]
+
+
+def write_token(token: str) -> None:
+    """Write the token file readable by this user only; an empty token removes it."""
+    token = token.strip()
+    path = token_path(create=True)
+    _token_cache.update(stamp=None, token="")
+    if not token:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name("token.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    os.replace(tmp, path)
+
+
+def _get_token(self) -> str:
+    return read_token()
+
+
+def _set_token(self, value: str) -> None:
+    try:
+        write_token(value)
+    except OSError as exc:
+        print(f"CSD: the server token could not be saved in {token_path()}: {exc}")
+
+
+def is_remote(prefs) -> bool:
+    return prefs is not None and prefs.engine_mode == 'REMOTE'
+
+
+def server_config(prefs) -> remote.ServerConfig:
+    """The remote server and what the artist allows, read here on the main thread for the
+    threads that talk to it; a UserError when the URL is not set or not a URL."""
+    return remote.server_config(prefs.server_url, read_token(), online_access=online_access(),
+                                allow_loopback=prefs.allow_loopback_offline)
+
+
 def results_root() -> Path:
     return user_dir("results")
 
@@ -68,7 +151,9 @@ def get(context=None):
 
 
 def as_dict(prefs) -> dict:
-    """The preferences the settings builders need, as plain values."""
+    """The preferences the settings builders need, as plain values. A remote job leaves the model
+    cache and downloads to the server (its own cache, its --allow-download)."""
+    remote_mode = is_remote(prefs)
     return {
         "device": prefs.device.lower(),
         "texture_model": prefs.texture_model.strip() or "bundled",
@@ -77,8 +162,8 @@ def as_dict(prefs) -> dict:
         "edit_model": prefs.edit_model.strip(),
         "controlnet_depth": prefs.controlnet_depth.strip(),
         "controlnet_canny": prefs.controlnet_canny.strip(),
-        "cache_dir": bpy.path.abspath(prefs.cache_dir).strip() if prefs.cache_dir else "",
-        "allow_download": bool(prefs.allow_download and online_access()),
+        "cache_dir": bpy.path.abspath(prefs.cache_dir).strip() if prefs.cache_dir and not remote_mode else "",
+        "allow_download": bool(prefs.allow_download and (remote_mode or online_access())),
         "extra_settings": extra_settings(prefs),
     }
 
@@ -121,6 +206,23 @@ def engine_env_extra(prefs) -> dict:
 class CSD_AddonPreferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
+    engine_mode: EnumProperty(
+        name="Engine", default='LOCAL',
+        items=[('LOCAL', "On this computer", "Run the engine here, in its own Python environment"),
+               ('REMOTE', "Remote server", "Send jobs to an engine server (python -m engine serve) and "
+                                          "bring the results back")])
+    server_url: StringProperty(
+        name="Server URL", default="",
+        description="The engine server, e.g. http://127.0.0.1:8765 (an SSH tunnel) or https://gpu.example.com "
+                    "(behind a TLS proxy)")
+    server_token: StringProperty(
+        name="Token", subtype='PASSWORD', get=_get_token, set=_set_token,
+        description="The token in the server's --token-file. Kept in a file in the extension's user folder, "
+                    "never in the .blend or the preferences file")
+    allow_loopback_offline: BoolProperty(
+        name="Allow loopback server while offline", default=False,
+        description="Talk to a server on this computer (127.0.0.1, localhost; also an SSH tunnel's end) even "
+                    "while Blender's online access is off")
     engine_python: StringProperty(
         name="Engine Python", subtype='FILE_PATH',
         description="The Python executable of the engine's environment (with PyTorch). "
@@ -183,6 +285,63 @@ class CSD_AddonPreferences(bpy.types.AddonPreferences):
         layout = self.layout
         box = layout.box()
         box.label(text="Engine", icon='SCRIPTPLUGINS')
+        box.row().prop(self, "engine_mode", expand=True)
+        if is_remote(self):
+            self.draw_remote(box)
+        else:
+            self.draw_local(box)
+        box.prop(self, "device")
+
+        box = layout.box()
+        box.label(text="Models", icon='NODE_MATERIAL')
+        col = box.column()
+        col.prop(self, "texture_model")
+        col.prop(self, "controlnet_depth")
+        col.prop(self, "controlnet_canny")
+        col.prop(self, "generate_model")
+        col.prop(self, "generate_refine_model")
+        col.prop(self, "edit_model")
+        if is_remote(self):
+            col.label(text="Hub ids, 'bundled', or names the server lists; the server keeps its own cache.",
+                      icon='INFO')
+        else:
+            col.prop(self, "cache_dir")
+        row = col.row()
+        row.enabled = is_remote(self) or online_access()
+        row.prop(self, "allow_download")
+
+        box = layout.box()
+        box.label(text="Results", icon='IMAGE_DATA')
+        box.prop(self, "image_storage")
+        box.prop(self, "viewport_preview")
+        box.prop(self, "keep_job_folders")
+        box.label(text=f"Job folders: {user_dir('jobs', create=False)}")
+
+        box = layout.box()
+        box.label(text="Developer", icon='CONSOLE')
+        box.prop(self, "engine_source")
+        box.prop(self, "extra_settings")
+        if self.extra_settings.strip() and not extra_settings(self):
+            box.label(text="Extra settings: not a JSON object, ignored", icon='ERROR')
+
+    def draw_remote(self, box):
+        box.prop(self, "server_url")
+        box.prop(self, "server_token")
+        box.prop(self, "allow_loopback_offline")
+        row = box.row()
+        row.enabled = bool(self.server_url.strip()) and EngineState.connection is None
+        row.operator("csd.test_connection", icon='LINKED')
+        if not online_access():
+            box.label(text="Online access is off (Preferences > System > Network): only a server on this "
+                           "computer can be used, with 'Allow loopback server while offline'.", icon='UNLINKED')
+        if EngineState.connection is not None:
+            box.label(text="Asking the server...", icon='SORTTIME')
+        elif EngineState.connection_lines:
+            icon = 'CHECKMARK' if EngineState.connection_ok else 'ERROR'
+            for index, line in enumerate(EngineState.connection_lines):
+                box.label(text=line, icon=icon if index == 0 else 'BLANK1')
+
+    def draw_local(self, box):
         box.prop(self, "engine_python")
         if not self.engine_python:
             venv = engine_env.venv_python(default_venv())
@@ -209,35 +368,6 @@ class CSD_AddonPreferences(bpy.types.AddonPreferences):
         for line in EngineState.check_lines:
             box.label(text=line)
         draw_models(box)
-        box.prop(self, "device")
-
-        box = layout.box()
-        box.label(text="Models", icon='NODE_MATERIAL')
-        col = box.column()
-        col.prop(self, "texture_model")
-        col.prop(self, "controlnet_depth")
-        col.prop(self, "controlnet_canny")
-        col.prop(self, "generate_model")
-        col.prop(self, "generate_refine_model")
-        col.prop(self, "edit_model")
-        col.prop(self, "cache_dir")
-        row = col.row()
-        row.enabled = online_access()
-        row.prop(self, "allow_download")
-
-        box = layout.box()
-        box.label(text="Results", icon='IMAGE_DATA')
-        box.prop(self, "image_storage")
-        box.prop(self, "viewport_preview")
-        box.prop(self, "keep_job_folders")
-        box.label(text=f"Job folders: {user_dir('jobs', create=False)}")
-
-        box = layout.box()
-        box.label(text="Developer", icon='CONSOLE')
-        box.prop(self, "engine_source")
-        box.prop(self, "extra_settings")
-        if self.extra_settings.strip() and not extra_settings(self):
-            box.label(text="Extra settings: not a JSON object, ignored", icon='ERROR')
 
 
 def draw_models(layout) -> None:

@@ -340,6 +340,34 @@ def command_serve(args: argparse.Namespace) -> int:
                                allow_download=args.allow_download))
 
 
+def add_batch_command(commands) -> None:
+    batch = commands.add_parser("batch", help="run the jobs of a manifest (CSV or JSON lines) on this machine, a Ray "
+                                              "cluster or a server (docs/remote.md)",
+                                description="Exit codes: 0 every job ok (or done already), 1 a job failed, "
+                                            "2 the manifest or the arguments are wrong, 130 stopped by Ctrl-C.")
+    batch.add_argument("manifest", type=Path, help="MANIFEST.csv or MANIFEST.jsonl: one job per row")
+    batch.add_argument("--out", type=Path, required=True,
+                       help="folder for each job's output folder (DIR/NAME) and summary.json")
+    batch.add_argument("--ray-address", default=None,
+                       help="a Ray cluster to run the jobs on (auto, or HOST:PORT); default: Ray on this machine")
+    batch.add_argument("--server", default=None, metavar="URL",
+                       help="run the jobs on an engine server (python -m engine serve), e.g. http://127.0.0.1:8765")
+    batch.add_argument("--token-file", type=Path, default=None, help="file holding the server's token")
+    batch.add_argument("--jobs-dir", type=Path, default=None,
+                       help="the batch's own job store when running here (default: DIR/.batch-jobs)")
+    batch.add_argument("--models-dir", type=Path, default=None,
+                       help="a folder of diffusers models the jobs may name by path (as serve's --models-dir)")
+    batch.set_defaults(handler=command_batch)
+
+
+def command_batch(args: argparse.Namespace) -> int:
+    from .batch.run import BatchOptions, run_batch
+
+    return run_batch(BatchOptions(manifest=args.manifest, out=args.out, ray_address=args.ray_address,
+                                  server=args.server, token_file=args.token_file, jobs_dir=args.jobs_dir,
+                                  models_dir=args.models_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine",
                                      description="CSD texture, generate and edit jobs (csd-blender's engine).")
@@ -358,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=command_run)
     add_models_commands(commands)
     add_serve_command(commands)
+    add_batch_command(commands)
     return parser
 
 

@@ -2,7 +2,9 @@
 
 A Job goes QUEUED -> RUNNING -> ENDED (the engine exited; ``outcome`` says how) ->
 DONE or FAILED once its owner has imported the result (or given up), or CANCELLED at
-any point. Only one engine process runs at a time; the rest wait their turn.
+any point; a remote job the session stops following without cancelling it is DETACHED (the
+server runs it on; a later session fetches it). Only one engine runs at a time; the rest wait
+their turn.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import job_folder, protocol
+from . import job_folder, protocol, remote_process
 from .process import EngineProcess
 from .progress import JobProgress, JsonlTail
 from .requests import JobRequest
@@ -25,9 +27,12 @@ ENDED = "ended"
 DONE = "done"
 FAILED = "failed"
 CANCELLED = "cancelled"
+DETACHED = "detached"
+
+TASK_NAMES = {"texture": "Texture", "generate": "Generate", "edit": "Edit"}
 
 ACTIVE_STATES = (RUNNING, CANCELLING)
-TERMINAL_STATES = (DONE, FAILED, CANCELLED)
+TERMINAL_STATES = (DONE, FAILED, CANCELLED, DETACHED)
 
 _ids = itertools.count(1)
 
@@ -44,7 +49,8 @@ class Report:
 
 class Job:
     def __init__(self, task: str, label: str, job_dir: Path, python: str, engine_src: Path | None,
-                 env_extra: dict | None = None, keep_dir: bool = False, request: JobRequest | None = None):
+                 env_extra: dict | None = None, keep_dir: bool = False, request: JobRequest | None = None,
+                 remote: remote_process.RemoteTarget | None = None):
         self.id = next(_ids)
         self.task = task
         self.label = label
@@ -54,11 +60,12 @@ class Job:
         self.env_extra = env_extra or {}
         self.keep_dir = keep_dir
         self.request = request  # what the import needs; None for a job followed without importing
+        self.remote = remote  # the server it runs on; None: the engine on this computer
         self.owner = None  # the operator that imports the result
         self.state = QUEUED
         self.progress = JobProgress()
         self.outcome: Outcome | None = None
-        self.process: EngineProcess | None = None
+        self.process: EngineProcess | remote_process.RemoteEngineProcess | None = None
         self.tail = JsonlTail(self.job_dir / protocol.PROGRESS_FILE)
         self.created_at = time.monotonic()
         self.started_at: float | None = None
@@ -90,12 +97,16 @@ class Job:
 
     def start(self) -> None:
         self.started_at = time.monotonic()
-        self.process = EngineProcess(self.python, self.job_dir, self.engine_src, self.env_extra)
+        if self.remote is not None:
+            self.process = remote_process.RemoteEngineProcess(self.job_dir, self.remote, self.label)
+        else:
+            self.process = EngineProcess(self.python, self.job_dir, self.engine_src, self.env_extra)
         try:
             self.process.start()
         except OSError as exc:
-            self._end(Outcome("error", "no_engine", f"The engine could not be started: {exc}.",
-                              "Check the engine Python in the add-on's preferences, or click 'Set up engine'."))
+            hint = ("Check free disk space and permissions." if self.remote is not None else
+                    "Check the engine Python in the add-on's preferences, or click 'Set up engine'.")
+            self._end(Outcome("error", "no_engine", f"The engine could not be started: {exc}.", hint))
             return
         self.state = RUNNING
 
@@ -159,15 +170,27 @@ class Job:
         self.report = Report(level or ("INFO" if ok else "ERROR"), message, hint, keep_note)
         self.cleanup(success=ok, failed=not ok)
 
+    def detach(self, reason: str) -> bool:
+        """Stop following a remote job without cancelling it (the file or Blender is closing): the server
+        runs it on, and its folder keeps what a later session needs to fetch the result."""
+        if self.remote is None or self.state not in (RUNNING, ENDED) or self.process is None:
+            return False
+        self.process.detach()
+        self.state = DETACHED
+        self.report = Report("INFO", f"{self.describe()}: {reason}",
+                             "Open the file again and click 'Fetch finished remote jobs' to import its result.")
+        return True
+
     def cleanup(self, success: bool, failed: bool) -> None:
         """Remove the job folder after success or cancel unless kept; a failed one stays for its log."""
+        if self.remote is not None and (self.keep_dir or failed):
+            remote_process.settle(self.job_dir)  # followed to its end: no later session offers to fetch it
         if self.keep_dir or failed:
             return
         job_folder.remove_tree(self.job_dir)
 
     def describe(self) -> str:
-        names = {"texture": "Texture", "generate": "Generate", "edit": "Edit"}
-        return f"{names.get(self.task, self.task)} '{self.label}'"
+        return f"{TASK_NAMES.get(self.task, self.task)} '{self.label}'"
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> None:
         """Poll until the engine has ended (background mode)."""
@@ -252,6 +275,12 @@ class JobQueue:
                 job.cancel(reason)
                 if job.state == CANCELLED:
                     self.record(job)
+
+    def detach_remote(self, reason: str, jobs: list[Job] | None = None) -> None:
+        """Detach the remote jobs the servers run (of ``jobs``, default all): closing must not cancel them."""
+        for job in list(self.jobs if jobs is None else jobs):
+            if job.detach(reason):
+                self.record(job)
 
     def stop_all(self, reason: str, timeout: float = 5.0) -> None:
         """Cancel everything and wait for the engines to exit (file closed, Blender quitting)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import urllib.parse
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -199,7 +200,9 @@ def create_app(store: JobStore, dispatcher: RayDispatcher | None, settings: ApiS
                     if received > settings.max_upload_bytes:
                         return too_large()
                     handle.write(chunk)
-            record = await asyncio.to_thread(store.accept, path, request.headers.get("x-job-label", ""))
+            # HTTP headers are Latin-1: clients send a label percent-encoded as UTF-8.
+            label = urllib.parse.unquote(request.headers.get("x-job-label", ""), errors="replace")
+            record = await asyncio.to_thread(store.accept, path, label)
         finally:
             path.unlink(missing_ok=True)
         if dispatcher is not None:
@@ -247,9 +250,8 @@ def create_app(store: JobStore, dispatcher: RayDispatcher | None, settings: ApiS
              responses={**_errors(401, 404, 409), 200: {"content": {"application/zip": {}},
                                                         "description": "the output folder, zipped"}})
     async def outputs(job_id: str):
-        data = await asyncio.to_thread(store.outputs_archive, job_id)
-        return Response(data, media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{job_id}-outputs.zip"'})
+        return FileResponse(store.outputs_archive(job_id), media_type="application/zip",
+                            filename=f"{job_id}-outputs.zip")
 
     @app.delete(f"{API}/jobs/{{job_id}}", status_code=204, response_class=Response, responses=_errors(401, 404, 409))
     async def delete(job_id: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
     path = PurePosixPath(name)
     if any(part in ("..", "") for part in path.parts) or not path.parts:
         raise ArchiveError(f"The archive names {name!r}, which leads out of the job folder.", ARCHIVE_HINT)
-    mode = info.external_attr >> 16
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    # Only the type bits matter: many writers (Python's writestr among them) store permissions
+    # without a type, which is a plain file.
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         raise ArchiveError(f"The archive holds {name!r}, a link or special file; only plain files are accepted.",
                            ARCHIVE_HINT)
     return path
@@ -83,22 +86,33 @@ def unpack_archive(source: str | Path | BinaryIO, destination: Path, limits: Arc
     with archive:
         members = check_archive(archive, limits)
         destination.mkdir(parents=True)
-        written = 0
-        for info, path in members:
-            target = destination.joinpath(*path.parts)
+        try:
+            _write_members(archive, members, destination, limits)
+        except ArchiveError:
+            # A refused archive leaves nothing, also when a member fails only once it is read.
+            shutil.rmtree(destination, ignore_errors=True)
+            raise
+
+
+def _write_members(archive: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+                   destination: Path, limits: ArchiveLimits) -> None:
+    written = 0
+    for info, path in members:
+        target = destination.joinpath(*path.parts)
+        try:
+            # Inside the try: a member may clash with another (a file "a" and a file "a/b").
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with archive.open(info) as reader, open(target, "xb") as writer:
-                    while chunk := reader.read(COPY_CHUNK):
-                        written += len(chunk)
-                        if written > limits.max_unpacked_bytes:
-                            raise ArchiveError("The archive unpacks to more bytes than it declares.", ARCHIVE_HINT)
-                        writer.write(chunk)
-            except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as error:
-                raise ArchiveError(f"{info.filename!r} cannot be unpacked ({error}).", ARCHIVE_HINT) from error
+            with archive.open(info) as reader, open(target, "xb") as writer:
+                while chunk := reader.read(COPY_CHUNK):
+                    written += len(chunk)
+                    if written > limits.max_unpacked_bytes:
+                        raise ArchiveError("The archive unpacks to more bytes than it declares.", ARCHIVE_HINT)
+                    writer.write(chunk)
+        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as error:
+            raise ArchiveError(f"{info.filename!r} cannot be unpacked ({error}).", ARCHIVE_HINT) from error
 
 
 def folder_files(folder: Path, skip: Iterable[str] = ()) -> list[tuple[Path, str]]:

@@ -5,6 +5,8 @@ each job's end. Ray does the queueing, placement and retries; this only keeps th
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,9 @@ def _runtime_env(settings: RaySettings) -> dict:
 
     package = Path(engine.__file__).resolve().parent
     if settings.address is None:
-        return {}
+        # Ray's workers start in this process's folder, which may not hold the engine.
+        paths = [str(package.parent), os.environ.get("PYTHONPATH", "")]
+        return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, paths))}}
     # On a cluster the engine's source travels with the Ray job: workers need its requirements only.
     return {"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"]}
 
@@ -47,15 +51,16 @@ class RayDispatcher:
         self.uses_gpus = False
 
     def start(self) -> None:
-        import engine
-
         if not ray.is_initialized():
-            env = _runtime_env(self.settings)
-            if self.settings.address is None:
-                # Ray's workers start in this process's folder, which may not hold the engine.
-                env = {"env_vars": {"PYTHONPATH": str(Path(engine.__file__).resolve().parent.parent)}}
-            ray.init(address=self.settings.address or "local", namespace="csd-engine", runtime_env=env,
+            # ray.init makes SIGTERM exit wherever the main thread is (tracebacks, no shutdown); the
+            # web server's own handler, a graceful shutdown that stops this dispatcher, is put back.
+            in_main_thread = threading.current_thread() is threading.main_thread()
+            on_sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+            ray.init(address=self.settings.address or "local", namespace="csd-engine",
+                     runtime_env=_runtime_env(self.settings),
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
+            if on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
         self.uses_gpus = ray.cluster_resources().get("GPU", 0) >= 1
         self.hub = JobHub.remote()
         for record in self.store.unfinished():

@@ -7,6 +7,7 @@ job as it was (docs/remote.md). Every write is atomic; every method is safe from
     JOBS_DIR/ID/previews/      preview files, by the path their event gives
     JOBS_DIR/ID/checkpoint/    the latest files a resumed run continues (a generate job's states)
     JOBS_DIR/ID/out/           the finished output folder
+    JOBS_DIR/ID/outputs.zip    the same, zipped, as the worker sent it (what GET .../outputs serves)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ FINISHED = ("ok", "error", "cancelled")
 # What travels to a worker of a job folder: never what an earlier run left in it.
 RUN_LEFTOVERS = ("out", "progress.jsonl", "cancel", ".out.lock", "engine.log")
 MAX_LABEL_CHARS = 200
+OUTPUTS_ARCHIVE = "outputs.zip"
 
 
 class JobNotFound(EngineError):
@@ -166,13 +168,16 @@ class JobStore:
             return None
         return {name: path.read_bytes() for path, name in folder_files(folder)} or None
 
-    def outputs_archive(self, job_id: str) -> bytes:
+    def outputs_archive(self, job_id: str) -> Path:
+        """The finished job's output folder as the worker zipped it (an empty zip when it left none)."""
         record = self.get(job_id)
-        out = self.root / job_id / "out"
+        path = self.root / job_id / OUTPUTS_ARCHIVE
         if not record.finished:
             raise JobNotFinished(f"Job {job_id} is {record.status}; its outputs come when it has finished.",
                                  "Follow its events, or cancel it.")
-        return pack_files(folder_files(out)) if out.is_dir() else pack_files([])
+        if not path.is_file():
+            atomic_write_bytes(path, pack_files([]))
+        return path
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -287,6 +292,8 @@ class JobStore:
             else:
                 shutil.rmtree(folder / "out", ignore_errors=True)
                 os.rename(incoming, folder / "out")
+                # Served as it came: every download of a large output set costs no packing.
+                atomic_write_bytes(folder / OUTPUTS_ARCHIVE, outputs)
             shutil.rmtree(incoming, ignore_errors=True)
         if status not in FINISHED:
             status = "error"

@@ -95,6 +95,12 @@ def addon(extension, bpy):
     prefs.keep_job_folders = False
     prefs.image_storage = 'PACK'
     prefs.extra_settings = ""
+    prefs.engine_mode = 'LOCAL'  # remote mode's settings, as a fresh install has them
+    prefs.server_url = ""
+    prefs.server_token = ""
+    prefs.allow_loopback_offline = False
+    state = prefs_mod.EngineState
+    state.server_models, state.connection_ok, state.connection_lines, state.connection_url = frozenset(), None, [], ""
     os.environ.pop("CSD_FAKE_ENGINE", None)
     bpy.ops.mesh.primitive_cube_add(size=2.0, location=(1.0, 2.0, 3.0))
     cube = bpy.context.active_object
