@@ -20,7 +20,7 @@ MODEL_HINT = ("Name a Hugging Face hub id (owner/name) the server has (GET /v1/s
 class ModelPolicy:
     models_dir: Path | None = None  # folders below it may be named by absolute path
 
-    def check(self, name: str, where: str) -> None:
+    def check(self, name: str, where: str, job_dir: Path) -> None:
         from ..prior.hub import is_hub_id
 
         if name in (BUNDLED_MODEL, SOURCE_MODEL):
@@ -29,10 +29,10 @@ class ModelPolicy:
             path = Path(name).resolve()
             if path.is_relative_to(self.models_dir.resolve()) and path.is_dir():
                 return
-        if is_hub_id(name):
+        if is_hub_id(name) and not (job_dir / name).exists():
             return
-        raise BadInputError(f"{where} = {name!r}: a job sent to a server may not name folders or files of the server.",
-                            MODEL_HINT)
+        raise BadInputError(f"{where} = {name!r}: a job sent to a server may name no folder or file, of the server "
+                            "or of its own upload, as a model.", MODEL_HINT)
 
 
 def _priors(settings: Settings, where: str = ""):
@@ -51,9 +51,9 @@ def admit_job(job_dir: Path, policy: ModelPolicy) -> str:
     config = config_from_job(spec)
     config.validate()
     for where, prior in _priors(config):
-        policy.check(prior.model, f"settings.{where}.model")
+        policy.check(prior.model, f"settings.{where}.model", spec.job_dir)
         for condition, name in prior.controlnet_models.items():
-            policy.check(name, f"settings.{where}.controlnet_models.{condition}")
+            policy.check(name, f"settings.{where}.controlnet_models.{condition}", spec.job_dir)
         if prior.cache_dir is not None:
             raise BadInputError(f"settings.{where}.cache_dir: a job sent to a server may not name a cache folder.",
                                 "Leave cache_dir out; the server uses its own model cache.")

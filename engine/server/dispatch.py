@@ -128,12 +128,12 @@ class RayDispatcher:
             job_id, job_zip, self.hub, env)
 
     def _cancel(self, job_id: str) -> None:
+        begun = ray.get(self.hub.cancel.remote(job_id))
         ref = self._tasks.get(job_id)
-        record = self.store.get(job_id)
-        if record.attempt == 0 and ref is not None:
-            # Not started: Ray drops it from its queue (a task that started meanwhile is told below).
+        if not begun and ref is not None:
+            # Not begun: Ray drops it from its queue. Never a task that has begun: ray.cancel would
+            # interrupt it while its engine runs on, untold (the record's attempt lags behind the task).
             ray.cancel(ref)
-        ray.get(self.hub.cancel.remote(job_id))
 
     def _drain(self) -> None:
         for report in ray.get(self.hub.drain.remote()):

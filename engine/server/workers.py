@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ class JobHub:
     def __init__(self):
         self._reports: list[dict] = []
         self._cancels: set[str] = set()
+        self._begun: set[str] = set()  # jobs a task has begun an attempt of
         self._checkpoints: dict[str, dict[str, bytes]] = {}
         self._attempts: dict[str, int] = {}
         self._retry_reasons: dict[str, str] = {}
@@ -54,6 +56,7 @@ class JobHub:
         """A task starts an attempt: its number, the checkpoint to resume from, whether it is cancelled."""
         attempt = self._attempts.get(job_id, 0) + 1
         self._attempts[job_id] = attempt
+        self._begun.add(job_id)
         reason = self._retry_reasons.pop(job_id, "the worker running it stopped")
         events = [{"event": "retry", "attempt": attempt, "reason": reason}] if attempt > 1 else []
         self._reports.append({"job_id": job_id, "attempt": attempt, "events": events, "previews": {},
@@ -69,11 +72,15 @@ class JobHub:
                               "checkpoint": checkpoint})
         return job_id in self._cancels
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str) -> bool:
+        """Tell the job's tasks to stop; answers whether one has begun (else it waits in Ray's queue).
+        A task that begins after this sees the cancel before it starts the engine."""
         self._cancels.add(job_id)
+        return job_id in self._begun
 
     def forget(self, job_id: str) -> None:
         self._cancels.discard(job_id)
+        self._begun.discard(job_id)
         self._checkpoints.pop(job_id, None)
         self._attempts.pop(job_id, None)
         self._retry_reasons.pop(job_id, None)
@@ -166,14 +173,20 @@ def _engine_env(env: dict[str, str]) -> dict[str, str]:
 def run_job_attempt(job_id: str, job_zip: bytes, hub, env: dict[str, str]) -> dict:
     """One attempt at a job on this worker: {"exit_code": int, "outputs": zip of the output folder}."""
     attempt, checkpoint, cancelled = ray.get(hub.begin.remote(job_id))
-    with tempfile.TemporaryDirectory(prefix="csd-job-") as temp:
+    # A killed attempt leaves its folder (nothing of it ran to clean up): the next attempt of the
+    # job on this machine removes it.
+    for stale in Path(tempfile.gettempdir()).glob(f"csd-job-{job_id}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"csd-job-{job_id}-") as temp:
         job_dir = Path(temp) / "job"
         out = _prepare(job_zip, job_dir, checkpoint)
         tail = _EventTail(job_dir / "progress.jsonl")
         if cancelled:
             (job_dir / "cancel").touch()
         with open(job_dir / "engine.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=str(job_dir),
+            # An empty working folder: a model named by a relative path never resolves into the job's files.
+            (Path(temp) / "cwd").mkdir()
+            process = subprocess.Popen([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=str(Path(temp) / "cwd"),
                                        env=_engine_env(env), stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
                                        if sys.platform.startswith("linux") else None)
