@@ -14,6 +14,7 @@ with --job-steps steps. The model folder is the server's --models-dir, as a stud
 
     python bench/bench_server.py --mode run --jobs 8 --job-steps 300
     python bench/bench_server.py --mode server --jobs 8 --job-steps 300
+    python bench/bench_server.py --mode run --jobs 3 --bundled      # the README's job on this CPU
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def build_model_folder(root: Path, smoke: bool) -> tuple[Path, dict[str, Path]]:
     unet, vae, nets = build_models(device, dtype, spec, smoke)
     folder, folders = save_model_folder(root, spec, unet, vae, nets)
     return folder, folders
+
+
+def write_bundled_job(folder: Path, steps: int | None) -> Path:
+    """The README's main job (the bundled prior on the CPU, examples/cube.obj)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mesh.obj").write_bytes((REPO / "examples" / "cube.obj").read_bytes())
+    settings = {"prompt": "a green checkered cube", "device": "cpu", **({"steps": steps} if steps else {})}
+    (folder / "job.json").write_text(json.dumps({"protocol": 1, "task": "texture", "mesh": "mesh.obj",
+                                                 "output": "out", "settings": settings}))
+    return folder
 
 
 def write_job(folder: Path, model: Path, controlnets: dict[str, Path], steps: int, smoke: bool) -> Path:
@@ -99,7 +110,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_on_server(template: Path, work: Path, count: int, models_root: Path) -> tuple[list[dict], dict]:
+def run_on_server(template: Path, work: Path, count: int, models_root: Path,
+                  one_at_a_time: bool) -> tuple[list[dict], dict]:
     from engine.server.client import ServerClient
 
     token = "bench-" + "x" * 40
@@ -127,8 +139,8 @@ def run_on_server(template: Path, work: Path, count: int, models_root: Path) -> 
                 archive.write(template / name, name)
         upload = buffer.getvalue()
         rows: list[dict] = [{} for _ in range(count)]
-        begin = time.perf_counter()
-        for index in range(count):
+
+        def submit(index: int) -> None:
             sent = time.perf_counter()
             job = client.submit(upload, f"bench {index}")
             rows[index] = {"job": index, "id": job["id"], "upload_s": time.perf_counter() - sent, "submitted": sent}
@@ -152,11 +164,20 @@ def run_on_server(template: Path, work: Path, count: int, models_root: Path) -> 
             print(f"server {row['job']}: {row['status']} (queue {row['queue_s']:.1f} s, engine {row['engine_s']:.1f} s, "
                   f"download {row['download_s']:.2f} s, {row['outputs_mb']:.1f} MB)", flush=True)
 
-        threads = [threading.Thread(target=follow, args=(row,)) for row in rows]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        begin = time.perf_counter()
+        if one_at_a_time:
+            for index in range(count):
+                submit(index)
+                follow(rows[index])
+                rows[index]["wall_s"] = rows[index]["done"] - rows[index]["submitted"]
+        else:
+            for index in range(count):
+                submit(index)
+            threads = [threading.Thread(target=follow, args=(row,)) for row in rows]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         total = max(row["done"] for row in rows) - begin
         return rows, {"ready_s": ready_s, "total_s": total, "ray": info["ray"]}
     finally:
@@ -171,18 +192,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("run", "server"), required=True)
     parser.add_argument("--jobs", type=int, default=8)
-    parser.add_argument("--job-steps", type=int, default=300)
+    parser.add_argument("--job-steps", type=int, default=None, help="default 300; --bundled: the job's own (300)")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="server: submit each job when the one before has been downloaded (per-job overhead)")
+    parser.add_argument("--bundled", action="store_true",
+                        help="the README's main job (bundled prior, CPU) instead of the full-size models")
     parser.add_argument("--models", type=Path, default=REPO / "bench" / "out-server" / "models",
                         help="where the random-weight model folder is saved (and reused)")
     parser.add_argument("--out", type=Path, default=None, help="results.json goes here")
     args = parser.parse_args()
 
-    begin = time.perf_counter()
-    model, controlnets = build_model_folder(args.models, args.smoke)
-    print(f"model folder ready in {time.perf_counter() - begin:.1f} s", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
-    template = write_job(work / "template", model, controlnets, args.job_steps, args.smoke)
+    if args.bundled:
+        args.models.mkdir(parents=True, exist_ok=True)
+        template = write_bundled_job(work / "template", args.job_steps)
+    else:
+        begin = time.perf_counter()
+        model, controlnets = build_model_folder(args.models, args.smoke)
+        print(f"model folder ready in {time.perf_counter() - begin:.1f} s", flush=True)
+        template = write_job(work / "template", model, controlnets, args.job_steps or 300, args.smoke)
     if args.mode == "run":
         rows, extra = run_locally(template, work, args.jobs), {}
         walls = [row["wall_s"] for row in rows]
@@ -191,13 +220,14 @@ def main() -> None:
             print(f"| {row['job']} | {row['status']} | {row['wall_s']:.1f} |")
         print(f"| all {len(rows)} | | {sum(walls):.1f} (mean {sum(walls) / len(walls):.1f}) |")
     else:
-        rows, extra = run_on_server(template, work, args.jobs, args.models)
+        rows, extra = run_on_server(template, work, args.jobs, args.models, args.one_at_a_time)
         print(f"\nserver ready in {extra['ready_s']:.1f} s; Ray: {extra['ray']}")
-        print("\n| job | status | attempt | upload s | queue s | engine s | download s | outputs MB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| job | status | attempt | upload s | queue s | engine s | download s | outputs MB | wall s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for row in rows:
+            wall = f"{row['wall_s']:.1f}" if "wall_s" in row else ""
             print(f"| {row['job']} | {row['status']} | {row['attempt']} | {row['upload_s']:.2f} | {row['queue_s']:.1f} "
-                  f"| {row['engine_s']:.1f} | {row['download_s']:.2f} | {row['outputs_mb']:.1f} |")
+                  f"| {row['engine_s']:.1f} | {row['download_s']:.2f} | {row['outputs_mb']:.1f} | {wall} |")
         print(f"| all {len(rows)}, first upload to last download | | | | | {extra['total_s']:.1f} s | | |")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
