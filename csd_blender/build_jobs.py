@@ -39,6 +39,14 @@ def require_prompt(text: str, what: str = "prompt") -> str:
 Engine = EngineLaunch | RemoteTarget
 
 
+def with_material(settings: dict, choice: str) -> dict:
+    """The panel's Material choice as the job's ``material`` setting (texture and edit jobs). Auto sends
+    none, so the engine decides: PBR for real priors, albedo for the bundled one, an edit its source's."""
+    if choice != 'AUTO':
+        settings["material"] = choice.lower()
+    return settings
+
+
 def _engine(prefs, models: dict[str, str]) -> Engine:
     """Where the job runs: the engine on this computer, or the remote server (whose jobs may not
     name folders on this computer: ``models``, role -> the model setting the job uses)."""
@@ -107,7 +115,7 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
                             "could not be put back on it.",
                             "Add a UV map first (UV > Smart UV Project), or apply the modifiers.")
     cameras = mesh_export.scene_cameras(context.scene) if scene.use_scene_cameras else None
-    settings = settings_mod.texture_settings(scene.as_dict(), pd, cameras)
+    settings = with_material(settings_mod.texture_settings(scene.as_dict(), pd, cameras), scene.material)
     jobs = []
     try:
         for obj, ex in exports:
@@ -209,7 +217,10 @@ def prepare_edit(context) -> tuple[list[Job], list[str]]:
             mesh_export.export_glb(obj, str(job_dir / "source.glb"), context)
             source = "source.glb"
         mode = "object" if (source_task == "generate" and scene.edit_geometry) else "material"
-        settings = settings_mod.edit_settings(scene.as_dict(), pd)
+        if mode == "object" and scene.material == 'PBR':  # the engine refuses it: say so before it starts
+            raise UserError("Edit geometry makes a new object with a base-colour material; it cannot make a PBR "
+                            "material.", "Set Material to Auto or Albedo, or turn off Edit geometry.")
+        settings = with_material(settings_mod.edit_settings(scene.as_dict(), pd), scene.material)
         if mode == "material":
             settings.pop("edit_geometry", None)
         job_folder.write_job(job_dir, "edit", settings, source=source)

@@ -142,6 +142,7 @@ class CSD_PT_main(_SidebarPanel, bpy.types.Panel):
         row = col.row(align=True)
         row.prop(settings, "quality", text="")
         row.prop(settings, "seed")
+        col.prop(settings, "material")
 
         busy = QUEUE.busy
         col = layout.column(align=True)

@@ -23,6 +23,13 @@ class CSD_SceneSettings(bpy.types.PropertyGroup):
     quality: EnumProperty(name="Quality", items=QUALITY_ITEMS, default='STANDARD',
                           description="Steps and resolutions")
     seed: IntProperty(name="Seed", default=0, min=0, description="Same seed and settings give the same result")
+    material: EnumProperty(
+        name="Material", default='AUTO',
+        description="What Texture Selected and Apply Edit make",
+        items=[('AUTO', "Auto", ("PBR with Stable Diffusion models; a base colour alone with the bundled model, "
+                                 "which learned no materials. An edit keeps the material of what it edits")),
+               ('ALBEDO', "Albedo", "A base colour on a matte material"),
+               ('PBR', "PBR", "Base colour, roughness and metallic maps on a Principled BSDF")])
 
     # Advanced
     guidance_mode: EnumProperty(

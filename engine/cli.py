@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .config import (BUNDLED_MODEL, DEFAULT_FIT_STEPS, DEFAULT_NEGATIVE_PROMPT, DEFAULT_PRESERVE_WEIGHT,
                      NERF_STAGE_STEPS, REFINE_STAGE_STEPS, SOURCE_MODEL, EditJobConfig, GenerateJobConfig,
-                     GenerateStages, PerpNegMode, TextureJobConfig, config_from_job, load_saved_config, to_dict)
+                     GenerateStages, Material, PerpNegMode, TextureJobConfig, config_from_job, load_saved_config,
+                     to_dict)
 from .errors import BadInputError, Cancelled, EngineError, JobFileError
 from .job.progress import CancelToken, ProgressReporter, format_bytes
 from .job.paths import inside_folder
@@ -73,13 +74,17 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-steps", type=int, default=DEFAULT_FIT_STEPS,
                         help="steps fitting a field to a mesh file's texture before editing")
     parser.add_argument("--up-axis", choices=("Y", "Z"), default=None, help="a mesh file's up axis")
+    parser.add_argument("--material", choices=typing.get_args(Material), default=None,
+                        help="albedo: base colour only; pbr: base colour, roughness and metallic "
+                             "(default: the source's; for a mesh file as for texture)")
 
 
 def edit_config_from_args(args: argparse.Namespace) -> EditJobConfig:
     config = EditJobConfig(source=args.source, target_prompt=args.target_prompt, edit_prompt=args.edit_prompt,
                            out=args.out, steps=args.steps, render_size=args.render_size,
                            texture_size=args.texture_size, preserve_weight=args.preserve_weight,
-                           fit_steps=args.fit_steps, edit_geometry=args.edit_geometry, up_axis=args.up_axis)
+                           fit_steps=args.fit_steps, edit_geometry=args.edit_geometry, up_axis=args.up_axis,
+                           material=args.material)
     apply_common_arguments(config, args)
     config.guidance.w1, config.guidance.w2_start, config.guidance.w2_end = args.w1, args.w2, args.w2
     config.prior.model = args.model
@@ -183,13 +188,16 @@ def add_texture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-scale", type=float, default=100.0, help="SDS classifier-free guidance scale")
     parser.add_argument("--reunwrap", action="store_true", help="ignore the mesh's UVs and unwrap anew")
     parser.add_argument("--up-axis", choices=("Y", "Z"), default=None, help="the mesh file's up axis")
+    parser.add_argument("--material", choices=typing.get_args(Material), default=None,
+                        help="albedo: base colour only; pbr: base colour, roughness and metallic "
+                             "(default: pbr, albedo for the bundled prior)")
 
 
 def texture_config_from_args(args: argparse.Namespace) -> TextureJobConfig:
     config = TextureJobConfig(prompt=args.prompt, mesh=args.mesh, out=args.out,
                               negative_prompt=args.negative_prompt, steps=args.steps,
                               render_size=args.render_size, texture_size=args.texture_size,
-                              reunwrap=args.reunwrap, up_axis=args.up_axis)
+                              reunwrap=args.reunwrap, up_axis=args.up_axis, material=args.material)
     apply_common_arguments(config, args)
     config.guidance.mode = args.guidance
     config.guidance.w1, config.guidance.w2_start, config.guidance.w2_end = args.w1, args.w2_start, args.w2_end

@@ -294,9 +294,10 @@ def test_preservation_weight_keeps_the_source(glb_job, tmp_path, tiny_pixel_prio
     assert changes[200.0][1] < 0.5 * changes[0.0][1]
 
 
-def edit_step_args(source: Path, model: Path, preserve_weight: float = 50.0, device: str = "cpu"):
+def edit_step_args(source: Path, model: Path, preserve_weight: float = 50.0, device: str = "cpu",
+                   material: str | None = None):
     """What run_edit sets up before its loop, for one kind of texture step with the edit's preservation."""
-    from engine.field.texture_field import TextureField
+    from engine.field.texture_field import MATERIAL_CHANNELS, TextureField
     from engine.pipelines.edit_texture import load_field_state
     from engine.pipelines.kit.sources import open_source
     from engine.pipelines.texture import build_cameras
@@ -304,18 +305,20 @@ def edit_step_args(source: Path, model: Path, preserve_weight: float = 50.0, dev
     from engine.prior.load import load_prior
 
     config = EditJobConfig(source=str(source), target_prompt=TARGET, edit_prompt=EDIT, out="unused", steps=10,
-                           render_size=32, seed=5, preserve_weight=preserve_weight, learning_rate=0.03)
+                           render_size=32, seed=5, preserve_weight=preserve_weight, learning_rate=0.03,
+                           material=material)
     config.cameras.view_pool = 6
     config.prior.model = str(model)
     config.prior.half_precision = False
     config.validate()
     opened = open_source(config, Path("unused"))
-    config.resolve_source_defaults(opened.settings, None)
+    config.resolve_source_defaults(opened.settings, None, opened.material)
     device = torch.device(device)
     generator = torch.Generator().manual_seed(config.seed)
-    field = TextureField(opened.field_config, seed=config.seed)
+    channels = MATERIAL_CHANNELS[config.material]
+    field = TextureField(opened.field_config, seed=config.seed, channels=channels)
     load_field_state(field, opened.field_state, opened.path)
-    source_field = TextureField(opened.field_config, seed=config.seed).requires_grad_(False)
+    source_field = TextureField(opened.field_config, seed=config.seed, channels=channels).requires_grad_(False)
     source_field.load_state_dict(field.state_dict())
     field, source_field = field.to(device), source_field.to(device)
     prior = load_prior(config.prior, device)
@@ -328,11 +331,13 @@ def edit_step_args(source: Path, model: Path, preserve_weight: float = 50.0, dev
     return field, (field, prior, views, cameras, embeddings, config, generator, device, preservation)
 
 
-def test_static_edit_step_equals_the_eager_step(glb_job, tiny_pixel_prior):
+@pytest.mark.parametrize("material", [None, "albedo"])  # the source's (pbr), and converted to albedo
+def test_static_edit_step_equals_the_eager_step(glb_job, tiny_pixel_prior, material):
     """The padded, static-shape step (what a CUDA graph replays on GPUs) is the eager step's maths,
     preservation included."""
-    eager = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior), EagerTextureStep)
-    static = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior), StaticTextureStep)
+    eager = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior, material=material), EagerTextureStep)
+    static = run_edit_steps(*edit_step_args(glb_job / "out", tiny_pixel_prior, material=material), StaticTextureStep)
+    assert eager[1][-1][-2].shape[0] == (3 if material == "albedo" else 5)
     assert eager[0][-1] > eager[0][0], "the preservation term grows as the field leaves the source"
     assert_same_edit_steps(static, eager)
     assert isinstance(make_texture_step(*edit_step_args(glb_job / "out", tiny_pixel_prior)[1]), EagerTextureStep)

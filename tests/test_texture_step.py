@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.config import PriorConfig, TextureJobConfig
-from engine.field.texture_field import TextureField
+from engine.field.texture_field import MATERIAL_CHANNELS, TextureField
 from engine.pipelines.texture import build_cameras, encode_prompts, prepare_mesh
 from engine.pipelines.texture_step import (EagerTextureStep, GraphedTextureStep, StaticTextureStep,
                                            make_texture_step)
@@ -21,10 +21,10 @@ STEPS = 3
 
 
 def job_config(model: Path, controlnets: dict[str, Path] | None, render_size: int, mode: str = "csd",
-               lighting: bool = True) -> TextureJobConfig:
+               lighting: bool = True, material: str = "albedo") -> TextureJobConfig:
     config = TextureJobConfig(prompt="a red sphere", mesh=str(CUBE), out="unused", steps=10,
                               render_size=render_size, texture_size=64, seed=5, lighting=lighting,
-                              negative_prompt="blue")
+                              negative_prompt="blue", material=material)
     config.guidance.mode = mode
     config.cameras.view_pool = 6
     config.hash_grid.log2_table_size = 12
@@ -53,7 +53,8 @@ class Job:
         cameras = build_cameras(config, mesh.normalization, generator)
         views = ViewPool(positions, triangles, cameras, config.render_size,
                          with_control=self.prior.supports_controlnet)
-        self.field = TextureField(config.hash_grid, seed=config.seed).to(device)
+        self.field = TextureField(config.hash_grid, seed=config.seed,
+                                  channels=MATERIAL_CHANNELS[config.material]).to(device)
         self.initial = self.parameters()
         self.args = (self.field, self.prior, views, cameras, embeddings, config, generator, device)
 

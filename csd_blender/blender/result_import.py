@@ -8,6 +8,7 @@ not replaced. Only files inside the job's output folder are read.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
@@ -32,6 +33,7 @@ PROP_TASK = "csd_task"
 PROP_PROMPT = "csd_prompt"
 PROP_REVISION = "csd_revision"
 PROP_UV_MAP = "csd_uv_map"
+NON_COLOR = "Non-Color"
 
 
 def short(text: str, limit: int = 40) -> str:
@@ -93,8 +95,13 @@ def output_file(job, name: str, required: bool = True) -> Path | None:
     return path
 
 
-def load_image(path: Path, name: str, storage: str, created: Created):
-    """A new image from a result PNG: packed into the .blend, or saved next to it."""
+def load_image(path: Path, name: str, storage: str, created: Created, what: str = "texture",
+               colorspace: str | None = None):
+    """A new image from a result PNG: packed into the .blend, or saved next to it.
+
+    ``colorspace`` None keeps Blender's default for a PNG (sRGB, a base colour's); data maps
+    (roughness, metallic, normals) are read as 'Non-Color' so their values reach the shader as written.
+    """
     blend = bpy.data.filepath
     if storage == 'FILE' and blend:
         folder = Path(bpy.path.abspath("//textures"))
@@ -117,11 +124,60 @@ def load_image(path: Path, name: str, storage: str, created: Created):
         image.filepath_raw = f"//textures/{job_folder.slug(name, 48)}.png"
     image.name = name
     if image.size[0] == 0:
-        raise UserError("The engine's texture could not be read.", "")
+        raise UserError(f"The engine's {what} could not be read.", ADVICE["bad_output"])
+    if colorspace is not None:
+        image.colorspace_settings.name = colorspace
     return image
 
 
-def make_material(name: str, image, uv_map: str, created: Created, props: dict):
+@dataclass(frozen=True)
+class MaterialFiles:
+    """A texture result's images, checked before the object is touched: the base colour (sRGB), and
+    for a PBR result the ORM map (glTF's packing: G roughness, B metallic) and maybe a normal map."""
+
+    base_colour: Path
+    orm: Path | None = None
+    normal: Path | None = None  # tangent space, OpenGL convention (+Y up), as Blender's Normal Map node reads it
+
+
+@dataclass(frozen=True)
+class MaterialImages:
+    base_colour: bpy.types.Image
+    orm: bpy.types.Image | None = None
+    normal: bpy.types.Image | None = None
+
+
+def material_files(job) -> MaterialFiles:
+    """The files of the result's material (result.json's "material"); an albedo result reads only its texture."""
+    base_colour = output_file(job, "texture")
+    if job.outcome.material != "pbr":
+        return MaterialFiles(base_colour)
+    return MaterialFiles(base_colour, output_file(job, "orm"), output_file(job, "normal", required=False))
+
+
+def load_material_images(files: MaterialFiles, name: str, storage: str, created: Created) -> MaterialImages:
+    base_colour = load_image(files.base_colour, name, storage, created)
+    orm = normal = None
+    if files.orm is not None:
+        orm = load_image(files.orm, f"{name} ORM", storage, created, "roughness and metallic map", NON_COLOR)
+    if files.normal is not None:
+        normal = load_image(files.normal, f"{name} normal", storage, created, "normal map", NON_COLOR)
+    return MaterialImages(base_colour, orm, normal)
+
+
+def _image_node(tree, image, label: str, location, uv):
+    tex = tree.nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.label = label
+    tex.location = location
+    tree.links.new(uv.outputs["UV"], tex.inputs["Vector"])
+    return tex
+
+
+def make_material(name: str, images: MaterialImages, uv_map: str, created: Created, props: dict):
+    """A Principled BSDF material: the base colour image, and for PBR roughness and metallic from the
+    ORM map through a Separate Color node and the normal map through a Normal Map node, all on ``uv_map``.
+    An albedo material is matte (Roughness 0.7, Metallic 0), as before PBR results existed."""
     mat = created.add(bpy.data.materials, bpy.data.materials.new(name))
     if mat.node_tree is None:  # Blender < 5.0: new materials start without nodes
         mat.use_nodes = True
@@ -135,17 +191,32 @@ def make_material(name: str, image, uv_map: str, created: Created, props: dict):
         bsdf = tree.nodes.new("ShaderNodeBsdfPrincipled")
         bsdf.location = (10, 300)
         tree.links.new(bsdf.outputs["BSDF"], output.inputs["Surface"])
-    tex = tree.nodes.new("ShaderNodeTexImage")
-    tex.image = image
-    tex.location = (bsdf.location.x - 320, bsdf.location.y)
-    tex.label = "CSD texture"
+    pbr = images.orm is not None or images.normal is not None
+    # A PBR material's images stand one column further left, making room for the nodes that read them.
+    column = bsdf.location.x - (520 if pbr else 320)
     uv = tree.nodes.new("ShaderNodeUVMap")
     uv.uv_map = uv_map
-    uv.location = (tex.location.x - 220, tex.location.y - 120)
-    tree.links.new(uv.outputs["UV"], tex.inputs["Vector"])
+    uv.location = (column - 220, bsdf.location.y - 120)
+    tex = _image_node(tree, images.base_colour, "CSD texture", (column, bsdf.location.y), uv)
     tree.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
-    if "Roughness" in bsdf.inputs:
+    if images.orm is not None:
+        orm = _image_node(tree, images.orm, "CSD roughness and metallic (ORM)", (column, bsdf.location.y - 300), uv)
+        split = tree.nodes.new("ShaderNodeSeparateColor")
+        split.mode = 'RGB'
+        split.location = (bsdf.location.x - 220, bsdf.location.y - 300)
+        tree.links.new(orm.outputs["Color"], split.inputs["Color"])
+        tree.links.new(split.outputs["Green"], bsdf.inputs["Roughness"])
+        tree.links.new(split.outputs["Blue"], bsdf.inputs["Metallic"])
+    elif "Roughness" in bsdf.inputs:
         bsdf.inputs["Roughness"].default_value = 0.7
+    if images.normal is not None:
+        normal = _image_node(tree, images.normal, "CSD normal", (column, bsdf.location.y - 600), uv)
+        normal_map = tree.nodes.new("ShaderNodeNormalMap")
+        normal_map.space = 'TANGENT'
+        normal_map.uv_map = uv_map  # the tangents of the UV map the texture was baked on
+        normal_map.location = (bsdf.location.x - 220, bsdf.location.y - 600)
+        tree.links.new(normal.outputs["Color"], normal_map.inputs["Color"])
+        tree.links.new(normal_map.outputs["Normal"], bsdf.inputs["Normal"])
     tree.nodes.active = tex
     for key, value in props.items():
         mat[key] = value
@@ -241,7 +312,7 @@ def import_texture(job, storage: str, results_root: Path) -> str:
     mesh.polygons.foreach_get("material_index", material_index_before)
     try:
         with _ObjectMode(obj):
-            texture_path = output_file(job, "texture")
+            files = material_files(job)
             uv_map = request.uv_map
             if isinstance(request, TextureRequest) and request.needs_uvs:
                 uv_path = output_file(job, "corner_uvs", required=False)
@@ -260,11 +331,11 @@ def import_texture(job, storage: str, results_root: Path) -> str:
             prompt = request.prompt
             revision = _revision_of(obj) + 1
             label = short(prompt) + (f" rev {revision}" if job.task == "edit" else "")
-            image = load_image(texture_path, f"CSD {label}", storage, created)
+            images = load_material_images(files, f"CSD {label}", storage, created)
             stored = store_result(job, results_root)
             props = {PROP_RESULT: str(stored), PROP_TASK: job.task, PROP_PROMPT: prompt,
                      PROP_REVISION: revision, PROP_UV_MAP: uv_map}
-            mat = make_material(f"CSD {label}", image, uv_map, created, props)
+            mat = make_material(f"CSD {label}", images, uv_map, created, props)
             apply_material(obj, mat)
             for key, value in props.items():
                 obj[key] = value

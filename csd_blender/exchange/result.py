@@ -6,6 +6,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from . import protocol
 from .engine_output import EngineOutputError, clean_text, output_folder, read_json_object, resolve_inside, \
@@ -36,6 +37,11 @@ ADVICE = {
                   "keeps happening, turn on 'Keep job folders' in the preferences and report the job folder.",
 }
 
+# result.json's "material": what its maps are (docs/job-protocol.md). A result without one comes
+# from an engine older than PBR materials, whose results are all albedo.
+Material = Literal["albedo", "pbr"]
+MATERIALS: tuple[str, ...] = get_args(Material)
+
 
 @dataclass
 class Outcome:
@@ -48,6 +54,7 @@ class Outcome:
     exit_code: int | None = None
     outputs: dict = field(default_factory=dict)  # name -> absolute Path inside the output folder
     result: dict = field(default_factory=dict)
+    material: Material = "albedo"  # one of MATERIALS: a base colour alone, or with roughness and metallic maps
 
     @property
     def ok(self) -> bool:
@@ -88,6 +95,15 @@ def read_result(job_dir: Path, output: str = protocol.OUTPUT_DIR) -> dict | None
     return read_json_object(resolve_inside(out_dir, protocol.RESULT_FILE), "result.json")
 
 
+def result_material(result: dict) -> Material:
+    """result.json's "material", refusing one this add-on cannot import."""
+    material = result.get("material", "albedo")
+    if material not in MATERIALS:
+        raise EngineOutputError(f"result.json's material is {clean_text(repr(material), 60)}, "
+                                f"not one of {', '.join(MATERIALS)}")
+    return material
+
+
 def _refused(exc: EngineOutputError, returncode: int | None) -> Outcome:
     return Outcome("error", "bad_output", f"The engine's output was refused: {exc}.", ADVICE["bad_output"],
                    returncode)
@@ -114,9 +130,10 @@ def interpret(job_dir: Path, returncode: int | None, *, cancel_requested: bool =
     if status == "ok" and returncode in (0, None):
         try:
             outputs = result_outputs(output_folder(job_dir, output), result.get("outputs"))
+            material = result_material(result)
         except EngineOutputError as exc:
             return _refused(exc, returncode)
-        return Outcome("ok", "", "Done.", "", returncode, outputs=outputs, result=result)
+        return Outcome("ok", "", "Done.", "", returncode, outputs=outputs, result=result, material=material)
 
     if status == "cancelled" or returncode == protocol.EXIT_CANCELLED:
         return Outcome("cancelled", "cancelled", "The engine was stopped before it finished.", "",

@@ -1,9 +1,11 @@
-"""Bake a colour field into a UV texture, then pad every texel outside the UV islands.
+"""Bake a field (colour, or colour and material) into a UV texture, then pad every texel outside
+the UV islands.
 
-Each texel inside a UV triangle gets the field's colour at the surface point it maps to.
-Every other texel takes the colour of the nearest covered texel, so the texture has no
+Each texel inside a UV triangle gets the field's values at the surface point it maps to.
+Every other texel takes the values of the nearest covered texel, so the texture has no
 background colour anywhere: bilinear filtering across an island's edge and every mip level
-only ever mix colours of the surface itself, and UV seams stay invisible.
+only ever mix values of the surface itself, and UV seams stay invisible. All channels are
+padded alike, so maps split from one bake (engine/bake/maps.py) line up texel for texel.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from ..render.rasterize import interpolate, rasterize_uv
 # Surface points sent to the field at once: bounds memory on small GPUs and CPUs.
 QUERY_CHUNK = 1 << 18
 
-AlbedoField = Callable[[Tensor], Tensor]
+FieldQuery = Callable[[Tensor], Tensor]
 
 
 @dataclass
 class BakeResult:
-    """image: (size, size, 3) uint8, row 0 is v = 1 (ready to save as PNG).
+    """image: (size, size, C) uint8, one channel per field output, row 0 is v = 1.
     covered: (size, size) bool, texels inside UV triangles (the rest are padding)."""
 
     image: np.ndarray
@@ -42,10 +44,10 @@ class BakeResult:
         return float(self.covered.mean())
 
 
-def bake_texture(mesh_unit: TriangleMesh, query_albedo: AlbedoField, size: int,
+def bake_texture(mesh_unit: TriangleMesh, query: FieldQuery, size: int,
                  device: torch.device | str = "cpu", supersample: int = 1,
                  cancel: CancelToken | None = None) -> BakeResult:
-    """Bake `query_albedo` ((N, 3) unit-box points -> (N, 3) colours in [0, 1]) into a size x size texture.
+    """Bake `query` ((N, 3) unit-box points -> (N, C) values in [0, 1]) into a size x size texture.
 
     With supersample s, s x s samples per texel are averaged over the part of the texel that a
     triangle covers, which anti-aliases the field and fills texels an island only partly covers.
@@ -64,12 +66,13 @@ def bake_texture(mesh_unit: TriangleMesh, query_albedo: AlbedoField, size: int,
         rast = rasterize_uv(corner_uvs, samples, samples)
         sample_covered = rast.mask[0]
         points = interpolate(positions, rast, triangles)[0][sample_covered]
-        colours = torch.cat([_query_chunk(query_albedo, chunk, cancel)
-                             for chunk in points.split(QUERY_CHUNK)]).clamp(0.0, 1.0)
-        sample_colours = torch.zeros(samples, samples, 3, dtype=torch.float32, device=device)
-        sample_colours[sample_covered] = colours
+        values = torch.cat([_query_chunk(query, chunk, cancel)
+                            for chunk in points.split(QUERY_CHUNK)]).clamp(0.0, 1.0)
+        channels = values.shape[1]
+        sample_values = torch.zeros(samples, samples, channels, dtype=torch.float32, device=device)
+        sample_values[sample_covered] = values
         # Box-filter each texel's covered samples; a texel is covered if any of its samples is.
-        sums = sample_colours.reshape(size, supersample, size, supersample, 3).sum(dim=(1, 3))
+        sums = sample_values.reshape(size, supersample, size, supersample, channels).sum(dim=(1, 3))
         counts = sample_covered.reshape(size, supersample, size, supersample).sum(dim=(1, 3))
         covered = counts > 0
         image = sums / counts.clamp_min(1)[..., None]
@@ -81,14 +84,14 @@ def bake_texture(mesh_unit: TriangleMesh, query_albedo: AlbedoField, size: int,
     return BakeResult(to_uint8(padded), covered_np)
 
 
-def _query_chunk(query_albedo: AlbedoField, points: Tensor, cancel: CancelToken | None) -> Tensor:
+def _query_chunk(query: FieldQuery, points: Tensor, cancel: CancelToken | None) -> Tensor:
     if cancel is not None:
         cancel.check()
-    return query_albedo(points).float()
+    return query(points).float()
 
 
 def pad_texture(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """Every texel where `covered` is False gets the colour of the nearest covered texel.
+    """Every texel where `covered` is False gets the values of the nearest covered texel.
 
     image: (H, W, C); covered: (H, W) bool. Returned unchanged if no texel is covered.
     """

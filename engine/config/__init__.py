@@ -17,7 +17,7 @@ from .parts import (BUNDLED_MODEL, CONTROLNET_CONDITIONS, DEFAULT_LATENT_MODEL, 
                     SD1_CONTROLNETS, SD2_CONTROLNETS, SDXL_CONTROLNETS, CameraConfig, ControlNetDefaults,
                     GuidanceConfig, HashGridConfig, PriorConfig)
 from .presets import PRESETS, apply_preset, preset_for
-from .texture import PIXEL_MODEL_RENDER_SIZE, TextureJobConfig
+from .texture import PIXEL_MODEL_RENDER_SIZE, Material, TextureJobConfig
 
 __all__ = [
     "MAX_EXTRA_CAMERAS", "MAX_GUIDANCE_WEIGHT", "MAX_LEARNING_RATE", "MAX_NAME_CHARS",
@@ -28,5 +28,5 @@ __all__ = [
     "generate_config_from_job", "load_saved_config", "save_config", "texture_config_from_job", "BUNDLED_MODEL", "CONTROLNET_CONDITIONS", "DEFAULT_LATENT_MODEL", "DEFAULT_NEGATIVE_PROMPT",
     "SD1_CONTROLNETS", "SD2_CONTROLNETS", "SDXL_CONTROLNETS", "CameraConfig", "ControlNetDefaults",
     "GuidanceConfig", "HashGridConfig", "PriorConfig", "PRESETS", "apply_preset", "preset_for",
-    "PIXEL_MODEL_RENDER_SIZE", "TextureJobConfig",
+    "PIXEL_MODEL_RENDER_SIZE", "Material", "TextureJobConfig",
 ]

@@ -15,7 +15,8 @@ from .checks import (MAX_NAME_CHARS, MAX_PROMPT_CHARS, Settings, check_extra_cam
 from .dicts import update_from_dict
 from .parts import BUNDLED_MODEL, CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig
 from .presets import apply_preset, open_settings, preset_for
-from .texture import device_setting, render_size_setting, seed_setting, texture_size_setting
+from .texture import (Material, check_lit_material, device_setting, render_size_setting, resolve_unlit_material,
+                      seed_setting, texture_size_setting)
 
 # `prior.model` when the user names none: the model the source was made with (bundled for mesh files).
 SOURCE_MODEL = "source"
@@ -59,6 +60,9 @@ class EditJobConfig(Settings):
     edit_geometry: bool = False  # generated assets only; textures on a given mesh never move it
     preview_every: int | None = count(None)
     lighting: bool = True
+    # None: the source's material (albedo or pbr; a mesh file's: the edit preset's). Another one
+    # than the source's converts its field (albedo -> pbr starts matte; pbr -> albedo drops them).
+    material: Material | None = None
     up_axis: Literal["Y", "Z"] | None = None  # a mesh file's up axis; None: the format's convention
     guidance: GuidanceConfig = field(default_factory=edit_guidance)
     cameras: CameraConfig = field(default_factory=CameraConfig)
@@ -68,8 +72,10 @@ class EditJobConfig(Settings):
     # Cameras given by the caller (the add-on's scene cameras), as in TextureJobConfig.
     extra_cameras: list[dict] = custom([], check_extra_cameras)
 
-    def resolve_source_defaults(self, source_settings: dict, texture_size_hint: int | None) -> "EditJobConfig":
-        """Fill what the user left open from the source (its prior, render and texture size), then
+    def resolve_source_defaults(self, source_settings: dict, texture_size_hint: int | None,
+                                source_material: Material | None = "albedo") -> "EditJobConfig":
+        """Fill what the user left open from the source (its prior, render and texture size, and
+        `source_material`, its field's: None for a mesh file, albedo for a generated asset), then
         from the edit preset of the prior."""
         source_prior = source_settings.get("prior")
         if not isinstance(source_prior, dict):  # a generate job's texture: its refinement stage's prior
@@ -93,6 +99,9 @@ class EditJobConfig(Settings):
                 self.texture_size = source_size
             elif texture_size_hint is not None:
                 self.texture_size = min(max(int(texture_size_hint), 16), 4096)
+        resolve_unlit_material(self)
+        if self.material is None:
+            self.material = source_material
         apply_preset(self, open_settings(self, preset_for("edit", self.prior.model)), "edit")
         self.validate()
         return self
@@ -101,3 +110,7 @@ class EditJobConfig(Settings):
         if self.guidance.mode != "csd":
             raise BadInputError(f"Edits use CSD (paper Eq. 11), not {self.guidance.mode!r} guidance.",
                                 "Leave guidance.mode at \"csd\".")
+        check_lit_material(self)
+        if self.edit_geometry and self.material == "pbr":
+            raise BadInputError("A geometry edit keeps a generated asset's albedo texture; it cannot make a PBR "
+                                "material.", "Leave out --material pbr with --edit-geometry.")

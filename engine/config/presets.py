@@ -23,16 +23,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The bundled prior is small and meant for CPUs; a real model's render size is its own,
     # known once it is loaded (TextureJobConfig.resolve_render_size). 64-px renders and 512-px
     # textures need no 2^19 table: on a CPU, Adam over the default 12.6M parameters would cost
-    # more than the whole rest of a step.
+    # more than the whole rest of a step. The bundled prior (v1) was trained on matte albedo
+    # renders and knows no materials, so its jobs optimise albedo; a real model's, PBR materials.
     "texture": {
         "bundled": {"steps": 300, "render_size": 64, "texture_size": 512, "preview_every": 100,
-                    "hash_grid": {"log2_table_size": 15}},
-        "real": {"steps": 2000, "texture_size": 1024, "preview_every": 200},
+                    "hash_grid": {"log2_table_size": 15}, "material": "albedo"},
+        "real": {"steps": 2000, "texture_size": 1024, "preview_every": 200, "material": "pbr"},
     },
     # An edit starts from a finished texture, so it needs fewer steps than texturing (300 / 2000).
+    # Its material is the source's (EditJobConfig.resolve_source_defaults); these are for mesh files.
     "edit": {
-        "bundled": {"steps": 150, "render_size": 64, "texture_size": 512, "preview_every": 50},
-        "real": {"steps": 800, "render_size": 512, "texture_size": 1024, "preview_every": 200},
+        "bundled": {"steps": 150, "render_size": 64, "texture_size": 512, "preview_every": 50,
+                    "material": "albedo"},
+        "real": {"steps": 800, "render_size": 512, "texture_size": 1024, "preview_every": 200,
+                 "material": "pbr"},
     },
     # The paper's settings are the generate config's own defaults; with the bundled prior they make
     # a grey ball, so each stage it guides gets these instead.

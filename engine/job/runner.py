@@ -105,6 +105,9 @@ def run_pipeline(task: str, settings: dict, output_dir: Path, device_name: str,
     timings["total_s"] = time.monotonic() - start
     outputs = dict(context.outputs) if context else {}
     extra = {}
+    if "texture" in outputs:
+        # Which maps the texture set has (docs/job-protocol.md): a PBR set packs roughness and metallic in orm.png.
+        extra["material"] = "pbr" if "orm" in outputs else "albedo"
     if context is not None and context.device.type == "cuda":
         # What the job needed of the GPU: the number to compare with the card's memory.
         extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(context.device) / 2 ** 30, 3)

@@ -77,15 +77,26 @@ class SavedState:
 @dataclass
 class TextureState(SavedState):
     """A texture field on a fixed mesh (state.pt): what an edit job continues. Written by the
-    texture and edit jobs, and by generate and geometry edits for their refined albedo."""
+    texture and edit jobs, and by generate and geometry edits for their refined albedo.
+
+    `material` is the field's: "albedo" (3 channels: base colour) or "pbr" (5: base colour,
+    roughness, metallic). Left out, it is the one the job's settings name, and albedo where they
+    name none (generate's refined albedo, and every state written before PBR materials).
+    """
 
     kind: ClassVar[str] = TEXTURE_KIND
     file_name: ClassVar[str] = TEXTURE_STATE
-    optional: ClassVar[dict[str, tuple[type, Any]]] = {"settings": (dict, {})}
+    optional: ClassVar[dict[str, tuple[type, Any]]] = {"settings": (dict, {}), "material": (str, None)}
     field: dict  # the TextureField's parameters
     field_config: dict  # its HashGridConfig
     normalization: dict  # Normalization: the user's frame -> the unit box the field lives in
     settings: dict  # the job's settings, for an edit's defaults
+    material: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.material is None:
+            named = self.settings.get("material")
+            self.material = named if isinstance(named, str) else "albedo"
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Write textured meshes: GLB (one self-contained file) and OBJ + MTL (next to a texture PNG).
+"""Write textured meshes: GLB (one self-contained file) and OBJ + MTL (next to the texture PNGs).
 
-Both writers are atomic (engine.files) and take the mesh in the user's own frame.
+Both writers are atomic (engine.files) and take the mesh in the user's own frame. A mesh has an
+albedo material (a base-colour texture on a fixed matte surface) or a PBR one (base colour plus
+roughness and metallic maps: engine/bake/maps.py says their layouts).
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from .load import OBJ_UP_AXIS_COMMENT
 from .types import TriangleMesh, z_up_to_y_up
 
 MATERIAL_NAME = "csd_texture"
-# A matte, non-metallic surface: the texture already holds the whole appearance.
+# An albedo material is matte and non-metallic: its texture holds the whole appearance.
 ROUGHNESS = 0.8
 
 
-def write_glb(path: str | Path, mesh: TriangleMesh, texture: np.ndarray, up_axis: str = "Z") -> Path:
-    """Save `mesh` with `texture` (uint8 (H, W, 3)) as a binary glTF with a PBR material.
+def write_glb(path: str | Path, mesh: TriangleMesh, texture: np.ndarray, up_axis: str = "Z",
+              orm: np.ndarray | None = None) -> Path:
+    """Save `mesh` with `texture` (uint8 (H, W, 3), sRGB base colour) as a binary glTF.
 
+    With `orm` (uint8 (H, W, 3): occlusion, roughness, metallic, linear) the material is glTF's
+    metallic-roughness PBR with that map as its metallicRoughnessTexture (factors 1, so the map's
+    values are the material's); without it, a matte non-metal (roughness ROUGHNESS, metallic 0).
     glTF is Y-up by specification, so Z-up positions are rotated to Y-up; Blender's glTF
     importer rotates them back and the object lands where it was. Vertices are split where
     corners of one vertex carry different UVs, as glTF stores UVs per vertex.
@@ -34,8 +40,14 @@ def write_glb(path: str | Path, mesh: TriangleMesh, texture: np.ndarray, up_axis
     # Normals from the unsplit mesh so the shading stays smooth across UV seams.
     normals = trimesh.Trimesh(positions, mesh.triangles, process=False).vertex_normals
     source_vertex, split_uvs, split_triangles = split_uv_seams(mesh.triangles, mesh.corner_uvs)
-    material = trimesh.visual.material.PBRMaterial(
-        name=MATERIAL_NAME, baseColorTexture=Image.fromarray(texture), metallicFactor=0.0, roughnessFactor=ROUGHNESS)
+    if orm is None:
+        material = trimesh.visual.material.PBRMaterial(
+            name=MATERIAL_NAME, baseColorTexture=Image.fromarray(texture), metallicFactor=0.0,
+            roughnessFactor=ROUGHNESS)
+    else:
+        material = trimesh.visual.material.PBRMaterial(
+            name=MATERIAL_NAME, baseColorTexture=Image.fromarray(texture),
+            metallicRoughnessTexture=Image.fromarray(orm), metallicFactor=1.0, roughnessFactor=1.0)
     # trimesh keeps UVs in the OpenGL convention (v up) and flips v to glTF's top-left origin on export.
     visual = trimesh.visual.TextureVisuals(uv=split_uvs, material=material)
     textured = trimesh.Trimesh(vertices=positions[source_vertex], faces=split_triangles,
@@ -59,8 +71,11 @@ def split_uv_seams(triangles: np.ndarray, corner_uvs: np.ndarray) -> tuple[np.nd
     return vertex[first], uv[first], inverse.reshape(-1, 3)
 
 
-def write_obj(path_obj: str | Path, mesh: TriangleMesh, texture_filename: str | None, up_axis: str = "Z") -> tuple[Path, Path | None]:
-    """Save `mesh` as OBJ, plus an MTL next to it whose map_Kd names `texture_filename`.
+def write_obj(path_obj: str | Path, mesh: TriangleMesh, texture_filename: str | None, up_axis: str = "Z",
+              roughness_filename: str | None = None, metallic_filename: str | None = None) -> tuple[Path, Path | None]:
+    """Save `mesh` as OBJ, plus an MTL next to it whose map_Kd names `texture_filename` and, for a
+    PBR material, whose map_Pr and map_Pm (the MTL PBR extension) name the grayscale roughness and
+    metallic maps.
 
     Positions stay in the user's frame, unchanged and in the same vertex order, so the result
     can be matched to the original mesh vertex for vertex. A `# up_axis` comment records the
@@ -70,6 +85,9 @@ def write_obj(path_obj: str | Path, mesh: TriangleMesh, texture_filename: str | 
     """
     if texture_filename is not None and mesh.corner_uvs is None:
         raise ValueError("write_obj needs corner_uvs to place a texture")
+    if (roughness_filename is None) != (metallic_filename is None) or (
+            roughness_filename is not None and texture_filename is None):
+        raise ValueError("a PBR material needs a texture, a roughness and a metallic map")
     path_obj = Path(path_obj)
     path_mtl = path_obj.with_suffix(".mtl") if texture_filename is not None else None
     lines = io.StringIO()
@@ -90,13 +108,19 @@ def write_obj(path_obj: str | Path, mesh: TriangleMesh, texture_filename: str | 
     else:
         np.savetxt(lines, faces, fmt="f %d %d %d")
     if path_mtl is not None:
-        atomic_write_text(path_mtl, mtl_text(texture_filename))
+        atomic_write_text(path_mtl, mtl_text(texture_filename, roughness_filename, metallic_filename))
     atomic_write_text(path_obj, lines.getvalue())
     return path_obj, path_mtl
 
 
-def mtl_text(texture_filename: str) -> str:
-    # Kd white so the texture shows as is; no specular highlight (illum 1) to match the GLB.
+def mtl_text(texture_filename: str, roughness_filename: str | None = None,
+             metallic_filename: str | None = None) -> str:
+    if roughness_filename is None:
+        # Kd white so the texture shows as is; no specular highlight (illum 1) to match the GLB.
+        return (f"newmtl {MATERIAL_NAME}\n"
+                "Ka 1 1 1\nKd 1 1 1\nKs 0 0 0\nNs 10\nd 1\nillum 1\n"
+                f"map_Kd {texture_filename}\n")
+    # The PBR extension's keys, factors 1 so the maps' values are the material's, as in the GLB.
     return (f"newmtl {MATERIAL_NAME}\n"
-            "Ka 1 1 1\nKd 1 1 1\nKs 0 0 0\nNs 10\nd 1\nillum 1\n"
-            f"map_Kd {texture_filename}\n")
+            "Ka 1 1 1\nKd 1 1 1\nKs 0.5 0.5 0.5\nd 1\nillum 2\nPr 1\nPm 1\n"
+            f"map_Kd {texture_filename}\nmap_Pr {roughness_filename}\nmap_Pm {metallic_filename}\n")

@@ -9,10 +9,12 @@ It is `score_distillation_loss` with the prompts [target, "", edit] in the negat
 Read top to bottom, this is the whole job (docs/edit.md has the measurements):
   1. open the SOURCE (engine/pipelines/kit/sources.py): the output folder of a texture, generate or edit job, whose saved texture
      field simply continues, or any textured mesh file, to whose texture image a fresh field is
-     fitted first so that the edit starts from the unedited look;
+     fitted first so that the edit starts from the unedited look; the field is the source's
+     material (albedo or PBR) unless the job asks for the other one, which converts it;
   2. load the prior and encode [target, "", edit] once;
-  3. the texture job's view pool, lighting, backgrounds and step (eager on the CPU, one CUDA
-     graph on GPUs); a frozen copy of the source field renders the reference of each view;
+  3. the texture job's view pool, lighting (environments for PBR), backgrounds and step (eager on
+     the CPU, one CUDA graph on GPUs); a frozen copy of the source field renders the reference of
+     each view;
   4. optimise the field with Eq. 11 plus an image-space L2 to the source's render from the same
      view, light and background (`preserve_weight`; 0 turns it off), so that what the prompts do
      not mention stays;
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from ..config import EditJobConfig
 from ..errors import BadInputError, first_line
-from ..field.texture_field import TextureField, fit_field
+from ..field.texture_field import MATERIAL_CHANNELS, TextureField, fit_field
 from ..files import atomic_write_bytes
 from ..job.runner import JobContext
 from ..mesh.sampling import sample_surface
@@ -45,7 +47,7 @@ from .kit.loop import LoopPlan, run_loop, seeded_generator
 from .kit.outputs import bake_and_export, save_corner_uvs, write_field_preview
 from .kit.prompts import edit_prompts, encode_prompts_once
 from .kit.sources import EditSource, open_source
-from .texture_step import Preservation, make_texture_step, render_albedo_view
+from .texture_step import Preservation, make_texture_step, render_field_view
 from .views import ViewPool
 
 # Fitting a field to a mesh file's texture: surface samples drawn once, a batch of them per step.
@@ -65,14 +67,15 @@ def run_edit_texture(config: EditJobConfig, context: JobContext) -> dict[str, st
         source = open_source(config, context.folder.path)
         reporter.warnings(source.mesh.warnings)
         texture_hint = None if source.texture is None else max(source.texture.shape[:2])
-        config.resolve_source_defaults(source.settings, texture_hint)
+        config.resolve_source_defaults(source.settings, texture_hint, source.material)
         config.hash_grid = source.field_config  # recorded in the saved state, so the next edit can load it
         mesh = source.mesh
         # Written now so the add-on can show live previews (an edit never changes the UV layout).
         context.outputs["corner_uvs"] = write_corner_uvs(out, source)
         positions = torch.from_numpy(mesh.unit.positions).to(device)
         triangles = torch.from_numpy(mesh.unit.triangles).to(device)
-        field = TextureField(source.field_config, seed=config.seed).to(device)
+        field = TextureField(source.field_config, seed=config.seed,
+                             channels=MATERIAL_CHANNELS[config.material]).to(device)
         fit_rmse = None
         if source.field_state is not None:
             load_field_state(field, source.field_state, source.path)
@@ -126,8 +129,9 @@ def write_corner_uvs(out: Path, source: EditSource) -> str:
 
 
 def load_field_state(field: TextureField, state: dict, source: Path) -> None:
+    """The saved field into `field`, converted to its material when the edit asks for the other one."""
     try:
-        field.load_state_dict(state)
+        field.load_any_material(state)
     except (RuntimeError, KeyError, TypeError) as error:
         raise BadInputError(f"The texture field saved in {source} does not fit this engine's field "
                             f"({first_line(error)}).",
@@ -160,13 +164,14 @@ def encode_edit_prompts(prior: DiffusionPrior, config: EditJobConfig) -> torch.T
 # --- 5. The summary -----------------------------------------------------------------------------
 
 def change_from_source(field: TextureField, source_field: TextureField, views: ViewPool, count: int) -> float:
-    """Mean absolute albedo difference (0..1) between the field and the source over the first
-    `count` views' visible pixels: how much the edit changed."""
+    """Mean absolute difference (0..1) of the field's values (base colour; for PBR also roughness
+    and metallic) from the source's over the first `count` views' visible pixels: how much the
+    edit changed."""
     total, pixels = 0.0, 0
     with torch.no_grad():
         for index in range(min(count, len(views))):
             view, _ = views.get(index)
-            difference = (render_albedo_view(field, view) - render_albedo_view(source_field, view)).abs().mean(dim=-1)
+            difference = (render_field_view(field, view) - render_field_view(source_field, view)).abs().mean(dim=-1)
             total += float(difference[view.mask].sum())
             pixels += int(view.mask.sum())
     return total / max(pixels, 1)

@@ -5,7 +5,8 @@ Read top to bottom, this is the whole job (paper section 5.3):
   2. load the prior and encode the prompts once;
   3. rasterise a pool of random views once: the geometry is fixed, so each view's surface
      points, normals and ControlNet conditions never change;
-  4. optimise a hash-grid albedo field with CSD (or SDS) through shaded renders;
+  4. optimise a hash-grid field with CSD (or SDS) through shaded renders: an albedo (one random
+     light), or a PBR material (base colour, roughness, metallic under random environments);
   5. bake the field into the mesh's UV layout with seam padding, export GLB and OBJ,
      write the preview sheet and the state an edit job can continue from.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..config import TextureJobConfig
-from ..field.texture_field import TextureField
+from ..field.texture_field import MATERIAL_CHANNELS, TextureField
 from ..job.runner import JobContext
 from ..mesh.load import load_mesh
 from ..mesh.types import Normalization
@@ -84,7 +85,8 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
         views = ViewPool(positions, triangles, cameras, config.render_size,
                          with_control=prior.supports_controlnet)
 
-        field = TextureField(config.hash_grid, seed=config.seed).to(device)
+        field = TextureField(config.hash_grid, seed=config.seed,
+                             channels=MATERIAL_CHANNELS[config.material]).to(device)
         # Eager on CPU; on CUDA one graph replay per step (engine/pipelines/texture_step.py).
         texture_step = make_texture_step(field, prior, views, cameras, embeddings, config, generator, device)
         reporter.warnings(texture_step.warnings)

@@ -4,6 +4,9 @@ A step (paper section 5.3): draw a view from the pre-rasterised pool, evaluate t
 field at the view's visible surface points, shade with a random light and background, encode
 the render into the prior's input (VAE, with gradient), one batched no-grad prior call for
 [prompt, "", negative] (plus ControlNets), the score-distillation gradient, backward, Adam.
+An albedo field is shaded by `shade` under a random directional light near the camera; a PBR
+field (base colour, roughness, metallic) by `shade_pbr` under a random environment of the bank,
+turned at random about +Z (engine/render/pbr.py), its sRGB base colour made linear first.
 The edit job runs the same step with the prompts [target, "", edit] (Eq. 11) and a Preservation
 term: an image-space L2 to a reference field's render from the same view, light and background.
 
@@ -12,7 +15,7 @@ term: an image-space L2 to a reference field's render from the same view, light 
   StaticTextureStep   the same maths with every shape fixed: each view's visible points are
                       padded to the pool's maximum N_max, and the padding scatters into a trash
                       pixel that the image never contains, so it receives exactly zero gradient;
-                      every per-step value (view buffers, light, background, timestep, noise,
+                      every per-step value (view buffers, light or environment, background, timestep, noise,
                       w2, ControlNet scale) is copied into a fixed buffer first. Random numbers
                       are drawn from the job's generator in the eager order, so both formulations
                       see the same views, lights, timesteps and noise.
@@ -28,15 +31,17 @@ step class takes `step` (0-based) and returns the loss (a 0-d tensor).
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import EditJobConfig, TextureJobConfig
 from ..errors import first_line
-from ..field.texture_field import TextureField
+from ..field.texture_field import BASE_COLOUR_CHANNELS, TextureField
 from ..guidance.score_distillation import (batch_embeddings, distill, guidance_direction, sample_timesteps_and_noise,
                                            score_distillation_loss)
 from ..prior.base import ControlImages, DiffusionPrior
@@ -47,6 +52,7 @@ from ..prior.fast.group_norm_triton import triton_available, triton_group_norms
 from ..prior.fast.vae_encoding import half_precision_math_attention
 from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer
+from ..render.pbr import EnvironmentLighting, environment_bank, sample_environment_lighting, shade_pbr
 from ..render.shading import Lighting, sample_backgrounds, sample_lighting, shade
 from .views import ViewPool
 
@@ -70,11 +76,55 @@ def preservation_loss(rgb: Tensor, reference: Tensor) -> Tensor:
     return ((rgb - reference.detach()) ** 2).sum(dim=-1).mean()
 
 
+# A view's light: none (lighting off), a directional light (albedo) or an environment (pbr).
+Light = Lighting | EnvironmentLighting | None
+
+
+def render_field_view(field: TextureField, view: GBuffer) -> Tensor:
+    """The field's values as an image (1, H, W, channels): queried only at visible surface points."""
+    values = torch.zeros(*view.mask.shape, field.channels, device=view.position.device)
+    values[view.mask] = field(view.position[view.mask])
+    return values
+
+
 def render_albedo_view(field: TextureField, view: GBuffer) -> Tensor:
-    """Albedo image (1, H, W, 3): the field is queried only at visible surface points."""
-    albedo = torch.zeros(*view.mask.shape, 3, device=view.position.device)
-    albedo[view.mask] = field(view.position[view.mask])
-    return albedo
+    """Base-colour image (1, H, W, 3) (sRGB-encoded, as textures store it), unlit."""
+    return render_field_view(field, view)[..., :BASE_COLOUR_CHANNELS]
+
+
+def view_directions(view: GBuffer) -> Tensor:
+    """(1, H, W, 3) unit vectors from each pixel's surface point towards the camera."""
+    camera = view.cameras.camera_positions[:, None, None, :].to(view.position.dtype)
+    return F.normalize(camera - view.position, dim=-1)
+
+
+def srgb_to_linear(encoded: Tensor) -> Tensor:
+    """The sRGB decoding of values in [0, 1]: what shading needs of a base-colour texture's values
+    (the inverse of pbr.linear_to_srgb)."""
+    safe = encoded.clamp_min(0.04045)  # keeps the unused branch's gradient finite at 0
+    return torch.where(encoded <= 0.04045, encoded / 12.92, ((safe + 0.055) / 1.055) ** 2.4)
+
+
+def sample_light(lighting: bool, material: str, cameras: Cameras, generator: torch.Generator,
+                 device: torch.device) -> Light:
+    """One view's random light, drawn from `generator`: a directional light near the camera for
+    albedo, an environment of the bank turned about +Z for pbr, none when lighting is off."""
+    if not lighting:
+        return None
+    if material == "pbr":
+        return sample_environment_lighting(1, generator, device)
+    return sample_lighting(cameras.to(device), generator)
+
+
+def shade_values(values: Tensor, normal: Tensor, view_dir: Tensor, mask: Tensor, light: Light,
+                 background: Tensor) -> Tensor:
+    """The render (1, H, W, 3) of a field's values (1, H, W, channels): an albedo lit by `shade`, a
+    PBR material (sRGB base colour, roughness, metallic) by `shade_pbr`; background off the mask."""
+    if values.shape[-1] == BASE_COLOUR_CHANNELS:
+        return shade(values, normal, mask, light, background)
+    base_colour = srgb_to_linear(values[..., :BASE_COLOUR_CHANNELS])
+    roughness, metallic = values[..., 3:4], values[..., 4:5]
+    return shade_pbr(base_colour, roughness, metallic, normal, view_dir, mask, light, background)
 
 
 def make_optimizer(field: TextureField, learning_rate: float, capturable: bool = False) -> torch.optim.Adam:
@@ -99,9 +149,10 @@ class EagerTextureStep:
         config, generator, device = self.config, self.generator, self.device
         index = int(torch.randint(len(self.cameras), (1,), generator=generator))
         view, control = self.views.get(index)
-        lighting = sample_lighting(self.cameras.index([index]).to(device), generator) if config.lighting else None
+        light = sample_light(config.lighting, self.field.material, self.cameras.index([index]), generator, device)
         background = sample_backgrounds(1, generator, device)
-        rgb = shade(render_albedo_view(self.field, view), view.normal, view.mask, lighting, background)
+        view_dir = view_directions(view)
+        rgb = shade_values(render_field_view(self.field, view), view.normal, view_dir, view.mask, light, background)
         x = self.prior.images_to_model_input(rgb.permute(0, 3, 1, 2))
 
         control_images = ControlImages(control, config.prior.controlnet_scale_at(step)) if control else None
@@ -109,8 +160,8 @@ class EagerTextureStep:
                                        control_images).loss
         if self.preservation is not None:
             with torch.no_grad():
-                reference = shade(render_albedo_view(self.preservation.reference_field, view), view.normal,
-                                  view.mask, lighting, background)
+                reference = shade_values(render_field_view(self.preservation.reference_field, view), view.normal,
+                                         view_dir, view.mask, light, background)
             loss = loss + self.preservation.weight * preservation_loss(rgb, reference)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,6 +213,16 @@ class _PackedView:
         self.pixels[:self.count] = pixels
 
 
+def light_buffer(lighting: bool, material: str, device: torch.device) -> Light:
+    """A fixed buffer for sample_light's draws: what a CUDA graph reads the step's light from."""
+    if not lighting:
+        return None
+    if material == "pbr":
+        return EnvironmentLighting(environment_bank(device), torch.zeros(1, dtype=torch.long, device=device),
+                                   torch.zeros(1, device=device), torch.zeros(1, device=device))
+    return Lighting(torch.zeros(1, 3, device=device), torch.zeros(1, device=device), torch.zeros(1, device=device))
+
+
 class StaticTextureStep:
     """The eager step's maths with fixed shapes and every per-step input in a fixed buffer.
 
@@ -201,10 +262,10 @@ class StaticTextureStep:
         self.points = torch.zeros(self.n_max, 3, device=device)
         self.pixels = torch.zeros(self.n_max, dtype=torch.long, device=device)
         self.normal = torch.zeros_like(first_view.normal)
+        self.view_dir = torch.zeros_like(first_view.normal)
         self.mask = torch.zeros_like(first_view.mask)
         self.control = {key: torch.zeros_like(image) for key, image in first_control.items()}
-        self.lighting = Lighting(torch.zeros(1, 3, device=device), torch.zeros(1, device=device),
-                                 torch.zeros(1, device=device)) if config.lighting else None
+        self.light = light_buffer(config.lighting, field.material, device)
         self.background = torch.zeros(1, 3, device=device)
         self.control_scale = torch.zeros((), device=device)
         self.w2 = torch.zeros((), device=device)
@@ -223,14 +284,16 @@ class StaticTextureStep:
         self.points.copy_(packed.points)
         self.pixels.copy_(packed.pixels)
         self.normal.copy_(view.normal)
+        self.view_dir.copy_(view_directions(view))
         self.mask.copy_(view.mask)
         for key, image in control.items():
             self.control[key].copy_(image)
-        if config.lighting:
-            lighting = sample_lighting(self.cameras.index([index]).to(device), generator)
-            self.lighting.direction.copy_(lighting.direction)
-            self.lighting.ambient.copy_(lighting.ambient)
-            self.lighting.diffuse.copy_(lighting.diffuse)
+        light = sample_light(config.lighting, self.field.material, self.cameras.index([index]), generator, device)
+        if light is not None:
+            for item in dataclasses.fields(light):  # the tensors; an environment's bank is the buffer's own
+                value = getattr(light, item.name)
+                if torch.is_tensor(value):
+                    getattr(self.light, item.name).copy_(value)
         self.background.copy_(sample_backgrounds(1, generator, device))
         timesteps, noise = sample_timesteps_and_noise(self.noise.shape, config.guidance.t_range_at(step),
                                                       self.prior.num_train_timesteps, generator, torch.device("cpu"))
@@ -242,9 +305,9 @@ class StaticTextureStep:
     def render(self, field: TextureField) -> Tensor:
         """The shaded render (1, H, W, 3) of `field` in the loaded view, light and background."""
         values = field(self.points)
-        flat = values.new_zeros(self.height * self.width + 1, 3).index_put((self.pixels,), values)
-        albedo = flat[:-1].view(1, self.height, self.width, 3)  # the trash pixel is dropped
-        return shade(albedo, self.normal, self.mask, self.lighting, self.background)
+        flat = values.new_zeros(self.height * self.width + 1, field.channels).index_put((self.pixels,), values)
+        image = flat[:-1].view(1, self.height, self.width, field.channels)  # the trash pixel is dropped
+        return shade_values(image, self.normal, self.view_dir, self.mask, self.light, self.background)
 
     def loss(self) -> Tensor:
         """The eager step's loss on the static inputs (same formulas, tensors for w2 and scale)."""

@@ -1,4 +1,4 @@
-"""What every job writes for the add-on: the textured mesh (texture, GLB, OBJ + MTL, preview
+"""What every job writes for the add-on: the textured mesh (texture maps, GLB, OBJ + MTL, preview
 sheet), the per-corner UVs, the texture state, and the live previews."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...bake.bake import bake_texture
+from ...bake.maps import MaterialMaps
 from ...bake.preview import save_preview_sheet
 from ...config import to_dict
 from ...field.texture_field import TextureField
@@ -68,8 +70,9 @@ def mesh_for_export(unit: TriangleMesh, normalization: Normalization, texture_si
 
 def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
                     context: JobContext) -> tuple[dict[str, str], float]:
-    """The texture and edit jobs' last stages: bake the field into the mesh's UV layout, export it
-    and save the state. Returns the outputs and the bake's UV coverage."""
+    """The texture and edit jobs' last stages: bake the field (all its channels, so a PBR field's
+    maps too) into the mesh's UV layout, export it and save the state. Returns the outputs and the
+    bake's UV coverage."""
     context.reporter.stage("baking")
     with context.timed("bake_s"):
         baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device,
@@ -82,25 +85,37 @@ def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
     return outputs, float(baked.coverage)
 
 
-def export_textured_mesh(out: Path, mesh: PreparedMesh, texture: np.ndarray,
+def export_textured_mesh(out: Path, mesh: PreparedMesh, baked: np.ndarray,
                          cancel: CancelToken | None = None) -> dict[str, str]:
-    """Texture, GLB, OBJ + MTL and preview sheet; a cancel (signal or file) stops between any two,
-    and a signal within one (each file is written whole or not at all)."""
-    writers = (lambda: atomic_save_image(out / "texture.png", texture),
-               lambda: write_glb(out / "mesh.glb", mesh.user, texture, mesh.normalization.up_axis),
-               lambda: write_obj(out / "mesh.obj", mesh.user, "texture.png", mesh.normalization.up_axis),
-               lambda: save_preview_sheet(out / "preview.png", mesh.unit, texture))
+    """The maps, GLB, OBJ + MTL and preview sheet of a bake (uint8 (H, W, 3) albedo or (H, W, 5)
+    PBR: engine/bake/maps.py); a cancel (signal or file) stops between any two files, and a signal
+    within one (each file is written whole or not at all). The preview sheet shows the base colour."""
+    maps = MaterialMaps.from_baked(baked)
+    up_axis = mesh.normalization.up_axis
+    images = {"texture": ("texture.png", maps.base_colour)}
+    orm = None
+    if maps.roughness is not None and maps.metallic is not None:
+        orm = maps.orm()
+        images.update(orm=("orm.png", orm), roughness=("roughness.png", maps.roughness),
+                      metallic=("metallic.png", maps.metallic))
+    names = {key: name for key, (name, _) in images.items()}
+    writers = [partial(atomic_save_image, out / name, image) for name, image in images.values()]
+    writers += [lambda: write_glb(out / "mesh.glb", mesh.user, maps.base_colour, up_axis, orm),
+                lambda: write_obj(out / "mesh.obj", mesh.user, names["texture"], up_axis,
+                                  names.get("roughness"), names.get("metallic")),
+                lambda: save_preview_sheet(out / "preview.png", mesh.unit, maps.base_colour)]
     for write in writers:
         if cancel is not None:
             cancel.check()
         write()
-    return {"glb": "mesh.glb", "obj": "mesh.obj", "mtl": "mesh.mtl", "texture": "texture.png",
-            "preview": "preview.png"}
+    return {"glb": "mesh.glb", "obj": "mesh.obj", "mtl": "mesh.mtl", **names, "preview": "preview.png"}
 
 
 def save_texture_state(out: Path, field: TextureField, field_config, normalization: Normalization, settings) -> str:
-    """What an edit job needs to continue a texture: the field, its layout, the frame and the job's settings."""
-    return TextureState(field.state_dict(), to_dict(field_config), normalization.to_dict(), to_dict(settings)).save(out)
+    """What an edit job needs to continue a texture: the field, its layout, the frame, the job's settings
+    and the field's material (albedo or pbr)."""
+    return TextureState(field.state_dict(), to_dict(field_config), normalization.to_dict(), to_dict(settings),
+                        field.material).save(out)
 
 
 def save_corner_uvs(out: Path, mesh: PreparedMesh) -> str:
@@ -130,9 +145,9 @@ def write_preview(context: JobContext, step: int, view: np.ndarray, texture: np.
 
 def write_field_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, step: int,
                         context: JobContext) -> None:
-    """The texture and edit jobs' preview: the field baked small, and its albedo in the first view."""
+    """The texture and edit jobs' preview: the field's base colour baked small, and in the first view."""
     with torch.no_grad():
-        texture = bake_texture(mesh.unit, lambda p: field(p), PREVIEW_TEXTURE_SIZE, context.device).image
+        texture = bake_texture(mesh.unit, lambda p: field(p)[:, :3], PREVIEW_TEXTURE_SIZE, context.device).image
         view, _ = views.get(0)
         render = render_albedo_view(field, view)[0]
     write_preview(context, step, (render.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8), texture)

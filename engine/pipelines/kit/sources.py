@@ -14,6 +14,7 @@ from PIL import Image
 
 from ...config import HashGridConfig, update_from_dict
 from ...errors import BadInputError, first_line
+from ...field.texture_field import MATERIAL_CHANNELS
 from ...job.outputs import require_ok_result
 from ...job.paths import file_inside, read_bytes_inside
 from ...job.state_files import REFINED_MESH_STATE, TEXTURE_STATE, RefinedMeshState, TextureState, applying_state
@@ -43,6 +44,7 @@ class EditSource:
     texture: np.ndarray | None  # (H, W, 3) uint8 base colour of a mesh file
     settings: dict  # the source job's settings ({} for mesh files)
     corner_uvs: bytes | None  # the source job's corner_uvs.npy, passed on unchanged (same UV layout)
+    material: str | None  # the saved field's material ("albedo" or "pbr"); None for mesh files
 
 
 @dataclass
@@ -91,6 +93,10 @@ def open_state_folder(folder: Path) -> EditSource:
     """A texture job's output: its field continues, on its mesh.obj, in its saved frame."""
     state_path = folder / TEXTURE_STATE
     state = TextureState.load(folder)
+    if state.material not in MATERIAL_CHANNELS:
+        raise BadInputError(f"{state_path} holds a field of an unknown material {state.material!r}.",
+                            f"This engine knows {' and '.join(MATERIAL_CHANNELS)} fields. Run the texture job "
+                            "again with this engine.")
     try:
         field_config = update_from_dict(HashGridConfig(), dict(state.field_config), "state.field_config")
         field_config.validate()
@@ -119,7 +125,8 @@ def open_state_folder(folder: Path) -> EditSource:
     corner_uvs = read_bytes_inside(folder, "corner_uvs.npy", "The source's corner_uvs.npy")
     if corner_uvs is not None:
         check_corner_uvs(corner_uvs, folder / "corner_uvs.npy")
-    return EditSource("texture_state", folder, mesh, field_config, state.field, None, state.settings, corner_uvs)
+    return EditSource("texture_state", folder, mesh, field_config, state.field, None, state.settings, corner_uvs,
+                      state.material)
 
 
 def check_corner_uvs(data: bytes, path: Path) -> None:
@@ -153,7 +160,7 @@ def open_textured_mesh(path: Path, up_axis: str | None, field_config: HashGridCo
     unit = user.with_positions(normalization.to_unit(user.positions))
     mesh = PreparedMesh(user, unit, normalization, report.kept_triangles, report.input_triangles, False,
                         list(report.warnings))
-    return EditSource("textured_mesh", path, mesh, field_config, None, texture, {}, None)
+    return EditSource("textured_mesh", path, mesh, field_config, None, texture, {}, None, None)
 
 
 def is_placeholder_texture(texture: np.ndarray) -> bool:

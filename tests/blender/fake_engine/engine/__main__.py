@@ -80,6 +80,11 @@ def main() -> int:
     def result(status, outputs=None, error=None):
         doc = {"protocol": 1, "task": data["task"], "status": status, "outputs": outputs or {},
                "settings": data.get("settings", {}), "timings": {}, "error": error}
+        # The material the job asked for, as the engine reports it; spec["material"] overrides it
+        # (any value, to test refusals). Neither: no key, as engines before PBR materials wrote.
+        material = spec.get("material", data.get("settings", {}).get("material"))
+        if material is not None:
+            doc["material"] = material
         tmp = out / "result.json.tmp"
         tmp.write_text(json.dumps(doc), "utf-8")
         os.replace(tmp, out / "result.json")
