@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 CUBE = REPO / "examples" / "cube.obj"
 FAST = ["--steps", "2", "--render-size", "32", "--preview-every", "0", "--device", "cpu"]
 CANCEL_WITHIN_S = 2.0
+# A signal during start-up is held until the job has started (docs/job-protocol.md, "What a cancel
+# does"): after PyTorch's import, which alone takes up to about 3 s on a busy 2-core machine.
+START_UP_CANCEL_WITHIN_S = 3.5
 
 
 def crashing_sphere() -> TriangleMesh:
@@ -119,10 +122,10 @@ def running(pid: int) -> bool:
         return False
 
 
-def assert_cancelled(engine: Engine, out: Path, took: float) -> None:
+def assert_cancelled(engine: Engine, out: Path, took: float, within_s: float = CANCEL_WITHIN_S) -> None:
     stderr = engine.process.stderr.read()
     assert engine.process.returncode == 130, stderr
-    assert took < CANCEL_WITHIN_S, took
+    assert took < within_s, took
     assert json.loads((out / "result.json").read_text())["status"] == "cancelled"
     assert "Traceback" not in stderr
 
@@ -135,7 +138,7 @@ def test_cancel_at_start_up(tmp_path, tiny_pixel_prior, sig):
     time.sleep(0.3)  # the engine is importing its modules
     sent = time.monotonic()
     engine.process.send_signal(sig)
-    assert_cancelled(engine, out, engine.seconds_to_finish(sent))
+    assert_cancelled(engine, out, engine.seconds_to_finish(sent), START_UP_CANCEL_WITHIN_S)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists child processes through /proc")
