@@ -4,13 +4,17 @@
 raise a UserError for anything the artist can fix, and return the queued-to-be jobs, each with
 its typed request (csd_blender.exchange.requests), and notes for the artist. In remote mode the
 same job folder is written, with the request kept beside it (a later session may import the
-result: ``prepare_fetch_remote``).
+result: ``prepare_fetch_remote``). With a Region other than Whole object, texture and edit jobs also
+carry the region's faces and, for texture jobs, the texture kept outside them (docs/job-protocol.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
+
+import numpy as np
 
 from . import preferences
 from .blender import mesh_export, result_import
@@ -87,6 +91,74 @@ def _object_ref(obj, counts: dict[str, int]) -> ObjectRef:
     return ObjectRef(obj.name, getattr(obj, "session_uid", None), counts)
 
 
+# -- regions ------------------------------------------------------------------------------------------
+
+REGION_FILE = "region.npy"
+KEEP_FILE = "keep.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRegion:
+    """What a region job writes beside its mesh: the faces to change (indices into the job's mesh: a
+    texture job's mesh.npz triangles, an edit source's mesh.obj) and, for a texture job, the texture kept
+    outside them."""
+
+    faces: np.ndarray  # (n,) int32
+    kept: mesh_export.KeptTexture | None = None
+
+
+def region_choice(scene) -> mesh_export.RegionChoice | None:
+    """The panel's Region; None for the whole object."""
+    if scene.region == 'WHOLE':
+        return None
+    name = {'VERTEX_GROUP': scene.region_vertex_group, 'MATERIAL': scene.region_material}.get(scene.region, "")
+    return mesh_export.RegionChoice(scene.region, name)
+
+
+def with_region(settings: dict, scene) -> dict:
+    """A region job's feather band; only region jobs send it, so a whole object's job stays as it was.
+    The distance is rounded: Blender keeps it in single precision (0.03 would be 0.029999999329...)."""
+    return {**settings, "region_feather_texels": int(scene.region_feather_texels),
+            "region_feather_distance": round(float(scene.region_feather_distance), 6)}
+
+
+def write_region(job_dir: Path, region: JobRegion) -> None:
+    """region.npy (and keep.png) in the job folder, named by job.json's "region" (and "keep_texture")."""
+    np.save(job_dir / REGION_FILE, np.ascontiguousarray(region.faces, dtype=np.int32))
+    keys = {"region": REGION_FILE}
+    if region.kept is not None:
+        region.kept.write_png(job_dir / KEEP_FILE)
+        keys["keep_texture"] = KEEP_FILE
+    # job_folder.write_job writes the keys every job has; a region's two join the file it wrote.
+    path = job_dir / protocol.JOB_FILE
+    job_folder.write_json_atomic(path, {**json.loads(path.read_text("utf-8")), **keys})
+
+
+def _texture_region(obj, ex: mesh_export.ExportedMesh, choice: mesh_export.RegionChoice,
+                    depsgraph) -> tuple[mesh_export.ExportedMesh, JobRegion]:
+    """A texture job's region on one object, and its mesh exported with the UVs of the texture kept."""
+    faces = mesh_export.region_triangles(obj, ex, choice)
+    kept = mesh_export.kept_texture(obj, ex, faces)
+    if kept.uv_map != ex.uv_map:  # the kept texture lies in another UV map than the active one
+        ex = mesh_export.export_evaluated_mesh(obj, depsgraph, kept.uv_map)
+        if ex.uv_map != kept.uv_map:
+            raise UserError(f"The modifiers of '{obj.name}' remove the UV map '{kept.uv_map}' its texture uses.",
+                            "Apply the modifiers, or set Region to Whole object.")
+    return ex, JobRegion(faces, kept)
+
+
+def _source_triangles(folder: Path) -> int | None:
+    """How many triangles an earlier result's texture was made for (its corner_uvs.npy); None when it has none."""
+    path = folder / "corner_uvs.npy"
+    if not path.is_file():
+        return None
+    try:
+        return len(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"The earlier result of this object cannot be read ({exc}).",
+                        "Texture the object again, then edit a region of it.") from None
+
+
 def prepare_texture(context) -> tuple[list[Job], list[str]]:
     scene = context.scene.csd
     prefs = preferences.get(context)
@@ -102,6 +174,10 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
                         "Select one or more mesh objects.")
     for obj in meshes:
         mesh_export.check_mesh_object(obj)
+    choice = region_choice(scene)
+    if choice is not None and scene.reunwrap:
+        raise UserError("A region keeps the object's UV layout (the rest of its texture lies in it), so it cannot "
+                        "be used with New UV layout.", "Turn off New UV layout (Advanced), or set Region to Whole object.")
     pd = preferences.as_dict(prefs)
     models = {"texture model": pd["texture_model"]}
     if scene.use_controlnet:
@@ -109,6 +185,11 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
     engine = _engine(prefs, models)
     depsgraph = context.evaluated_depsgraph_get()
     exports = [(obj, mesh_export.export_evaluated_mesh(obj, depsgraph)) for obj in meshes]
+    regions: list[JobRegion | None] = [None] * len(exports)
+    if choice is not None:
+        for index, (obj, ex) in enumerate(exports):
+            ex, regions[index] = _texture_region(obj, ex, choice, depsgraph)
+            exports[index] = (obj, ex)
     for obj, ex in exports:
         if (scene.reunwrap or ex.corner_uvs is None) and not ex.same_topology:
             raise UserError(f"'{obj.name}' has no UV map and its modifiers change its faces, so a new UV layout "
@@ -116,13 +197,17 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
                             "Add a UV map first (UV > Smart UV Project), or apply the modifiers.")
     cameras = mesh_export.scene_cameras(context.scene) if scene.use_scene_cameras else None
     settings = with_material(settings_mod.texture_settings(scene.as_dict(), pd, cameras), scene.material)
+    if choice is not None:
+        settings = with_region(settings, scene)
     jobs = []
     try:
-        for obj, ex in exports:
+        for (obj, ex), region in zip(exports, regions, strict=True):
             job_dir = _new_job_dir("texture", obj.name, engine)
             try:
                 job_folder.write_mesh_npz(job_dir / protocol.MESH_FILE, ex.positions, ex.triangles, ex.corner_uvs)
                 job_folder.write_job(job_dir, "texture", settings, mesh=protocol.MESH_FILE)
+                if region is not None:
+                    write_region(job_dir, region)
             except OSError as exc:
                 job_folder.remove_tree(job_dir)
                 raise UserError(f"The job folder could not be written: {exc}.", "Check free disk space.") from None
@@ -183,6 +268,36 @@ def _image_texture_uv(obj) -> str | None:
     return None
 
 
+def _edit_region(obj, choice: mesh_export.RegionChoice | None, stored: Path | None, edit_geometry: bool,
+                 context) -> JobRegion | None:
+    """An edit's region: faces of the mesh the earlier CSD result was made on, i.e. its mesh.obj, which holds
+    the texture job's triangles less the degenerate ones the engine dropped (outside the region the engine
+    keeps the source's own texture). A texture from elsewhere travels as a GLB whose triangles are in the
+    exporter's order, not Blender's, so its faces could not be named."""
+    if choice is None:
+        return None
+    if edit_geometry:
+        raise UserError("Edit geometry changes the whole surface, so it cannot keep to a region.",
+                        "Turn off Edit geometry, or set Region to Whole object.")
+    if stored is None:
+        raise UserError(f"A region of '{obj.name}' can be edited once CSD has textured it (its faces are matched to "
+                        "that job's mesh); its texture comes from elsewhere.",
+                        "Texture it first (Texture Selected, Region: Whole object), or set Region to Whole object.")
+    ex = mesh_export.export_evaluated_mesh(obj, context.evaluated_depsgraph_get())
+    faces = mesh_export.region_triangles(obj, ex, choice)
+    made_for = _source_triangles(stored)
+    if made_for is not None and made_for != len(ex.triangles):
+        raise UserError(f"'{obj.name}' has {len(ex.triangles)} triangles now, but its texture was made for {made_for}, "
+                        "so the region cannot be placed on it.",
+                        "Texture it again (Texture Selected), then edit a region of it.")
+    dropped = mesh_export.degenerate_triangles(ex.positions, ex.triangles)
+    faces = (np.cumsum(~dropped) - 1)[faces[~dropped[faces]]].astype(np.int32)
+    if len(faces) == 0:
+        raise UserError(f"The region of '{obj.name}' holds only faces of zero area, which have no texture.",
+                        "Choose faces with an area, or clean up the mesh (Mesh > Clean Up > Degenerate Dissolve).")
+    return JobRegion(faces)
+
+
 def prepare_edit(context) -> tuple[list[Job], list[str]]:
     scene = context.scene.csd
     prefs = preferences.get(context)
@@ -204,6 +319,8 @@ def prepare_edit(context) -> tuple[list[Job], list[str]]:
         raise UserError(f"'{obj.name}' has no texture to edit.",
                         "Texture it first (Texture Selected), or pick an object made by Generate Asset "
                         "or one with an image texture and a UV map.")
+    region = _edit_region(obj, region_choice(scene), Path(str(stored)) if ours else None,
+                          source_task == "generate" and scene.edit_geometry, context)
     pd = preferences.as_dict(prefs)
     engine = _engine(prefs, {"edit model": pd["edit_model"]})
     job_dir = _new_job_dir("edit", obj.name, engine)
@@ -223,7 +340,11 @@ def prepare_edit(context) -> tuple[list[Job], list[str]]:
         settings = with_material(settings_mod.edit_settings(scene.as_dict(), pd), scene.material)
         if mode == "material":
             settings.pop("edit_geometry", None)
+        if region is not None:
+            settings = with_region(settings, scene)
         job_folder.write_job(job_dir, "edit", settings, source=source)
+        if region is not None:
+            write_region(job_dir, region)
     except UserError:
         job_folder.remove_tree(job_dir)
         raise

@@ -118,6 +118,29 @@ def draw_remote(layout, prefs, width: int) -> None:
     box.operator("csd.fetch_remote_jobs", icon='IMPORT')
 
 
+def draw_region(layout, settings, obj) -> None:
+    """The Region choice (for Texture Selected and Apply Edit), what it names, and its feather band."""
+    col = layout.column(align=True)
+    col.prop(settings, "region")
+    if settings.region == 'WHOLE':
+        return
+    target = obj if obj is not None and obj.type == 'MESH' else None
+    if settings.region == 'VERTEX_GROUP':
+        if target is not None:
+            col.prop_search(settings, "region_vertex_group", target, "vertex_groups", text="")
+        else:
+            col.prop(settings, "region_vertex_group", text="")
+    elif settings.region == 'MATERIAL':
+        if target is not None:
+            col.prop_search(settings, "region_material", target, "material_slots", text="")
+        else:
+            col.prop(settings, "region_material", text="")
+    elif settings.region == 'SELECTED':
+        col.label(text="The faces selected in Edit Mode", icon='FACESEL')
+    col.prop(settings, "region_feather_texels")
+    col.prop(settings, "region_feather_distance")
+
+
 class _SidebarPanel:
     """What every CSD panel shares: its place, View3D > Sidebar > CSD."""
 
@@ -143,6 +166,7 @@ class CSD_PT_main(_SidebarPanel, bpy.types.Panel):
         row.prop(settings, "quality", text="")
         row.prop(settings, "seed")
         col.prop(settings, "material")
+        draw_region(layout, settings, context.active_object)
 
         busy = QUEUE.busy
         col = layout.column(align=True)

@@ -31,6 +31,25 @@ class CSD_SceneSettings(bpy.types.PropertyGroup):
                ('ALBEDO', "Albedo", "A base colour on a matte material"),
                ('PBR', "PBR", "Base colour, roughness and metallic maps on a Principled BSDF")])
 
+    # Region: only part of the object changes (Texture Selected and Apply Edit); the rest keeps its texture
+    region: EnumProperty(
+        name="Region", default='WHOLE',
+        description="Which faces Texture Selected and Apply Edit change; the others keep their texture texel for texel",
+        items=[('WHOLE', "Whole object", "Every face"),
+               ('SELECTED', "Selected faces", "The faces selected in Edit Mode"),
+               ('VERTEX_GROUP', "Vertex group", "The faces whose vertices all lie in a vertex group (weight above 0.5)"),
+               ('MATERIAL', "Material slot", "The faces showing a material")])
+    region_vertex_group: StringProperty(name="Vertex group", default="",
+                                        description="The vertex group whose faces change")
+    region_material: StringProperty(name="Material", default="", description="The material whose faces change")
+    region_feather_texels: IntProperty(
+        name="Feather", default=8, min=0, max=256, subtype='PIXEL',
+        description="Width of the band inside the region's border where new and kept texture blend, in texels")
+    region_feather_distance: FloatProperty(
+        name="Feather distance", default=0.03, min=0.0, max=1.0, step=1, precision=3,
+        description="The same band as a distance over the surface, as a share of the object's largest side "
+                    "(the wider of the two is used)")
+
     # Advanced
     guidance_mode: EnumProperty(
         name="Guidance", default='CSD',

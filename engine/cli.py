@@ -77,6 +77,9 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--material", choices=typing.get_args(Material), default=None,
                         help="albedo: base colour only; pbr: base colour, roughness and metallic "
                              "(default: the source's; for a mesh file as for texture)")
+    parser.add_argument("--region", default=None, metavar="FILE.npy",
+                        help="edit only these faces of the source's mesh (face indices or a per-face bool mask); "
+                             "the rest keeps the source's texture")
 
 
 def edit_config_from_args(args: argparse.Namespace) -> EditJobConfig:
@@ -84,7 +87,7 @@ def edit_config_from_args(args: argparse.Namespace) -> EditJobConfig:
                            out=args.out, steps=args.steps, render_size=args.render_size,
                            texture_size=args.texture_size, preserve_weight=args.preserve_weight,
                            fit_steps=args.fit_steps, edit_geometry=args.edit_geometry, up_axis=args.up_axis,
-                           material=args.material)
+                           material=args.material, region=args.region)
     apply_common_arguments(config, args)
     config.guidance.w1, config.guidance.w2_start, config.guidance.w2_end = args.w1, args.w2, args.w2
     config.prior.model = args.model
@@ -191,13 +194,19 @@ def add_texture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--material", choices=typing.get_args(Material), default=None,
                         help="albedo: base colour only; pbr: base colour, roughness and metallic "
                              "(default: pbr, albedo for the bundled prior)")
+    parser.add_argument("--region", default=None, metavar="FILE.npy",
+                        help="texture only these faces (face indices or a per-face bool mask, in the mesh's order)")
+    parser.add_argument("--keep-texture", default=None, metavar="IMAGE",
+                        help="with --region: the texture kept outside it, in the mesh's UV layout "
+                             "(default: the mesh file's own texture)")
 
 
 def texture_config_from_args(args: argparse.Namespace) -> TextureJobConfig:
     config = TextureJobConfig(prompt=args.prompt, mesh=args.mesh, out=args.out,
                               negative_prompt=args.negative_prompt, steps=args.steps,
                               render_size=args.render_size, texture_size=args.texture_size,
-                              reunwrap=args.reunwrap, up_axis=args.up_axis, material=args.material)
+                              reunwrap=args.reunwrap, up_axis=args.up_axis, material=args.material,
+                              region=args.region, keep_texture=args.keep_texture)
     apply_common_arguments(config, args)
     config.guidance.mode = args.guidance
     config.guidance.w1, config.guidance.w2_start, config.guidance.w2_end = args.w1, args.w2_start, args.w2_end

@@ -15,7 +15,8 @@ from .checks import (MAX_NAME_CHARS, MAX_PROMPT_CHARS, Settings, check_extra_cam
 from .dicts import update_from_dict
 from .parts import BUNDLED_MODEL, CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig
 from .presets import apply_preset, open_settings, preset_for
-from .texture import (Material, check_lit_material, device_setting, render_size_setting, resolve_unlit_material,
+from .texture import (Material, check_lit_material, device_setting, feather_distance_setting, feather_texels_setting,
+                      region_path_setting, region_view_share_setting, render_size_setting, resolve_unlit_material,
                       seed_setting, texture_size_setting)
 
 # `prior.model` when the user names none: the model the source was made with (bundled for mesh files).
@@ -71,6 +72,13 @@ class EditJobConfig(Settings):
     prior: PriorConfig = field(default_factory=lambda: PriorConfig(model=SOURCE_MODEL))
     # Cameras given by the caller (the add-on's scene cameras), as in TextureJobConfig.
     extra_cameras: list[dict] = custom([], check_extra_cameras)
+    # Only part of the object (docs/job-protocol.md, "Regions"): a .npy of face indices or a per-face
+    # bool mask of the source's mesh; outside it the source's own texture is kept.
+    region: str | None = region_path_setting()
+    region_feather_texels: int = feather_texels_setting()
+    region_feather_distance: float = feather_distance_setting()
+    region_allow_whole_mesh: bool = False
+    region_view_share: float = region_view_share_setting()
 
     def resolve_source_defaults(self, source_settings: dict, texture_size_hint: int | None,
                                 source_material: Material | None = "albedo") -> "EditJobConfig":
@@ -114,3 +122,6 @@ class EditJobConfig(Settings):
         if self.edit_geometry and self.material == "pbr":
             raise BadInputError("A geometry edit keeps a generated asset's albedo texture; it cannot make a PBR "
                                 "material.", "Leave out --material pbr with --edit-geometry.")
+        if self.edit_geometry and self.region is not None:
+            raise BadInputError("A geometry edit moves the whole surface; it cannot keep to a region.",
+                                "Leave out --edit-geometry to edit the region's texture, or the region.")

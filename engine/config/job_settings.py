@@ -27,14 +27,19 @@ JobConfig = TextureJobConfig | GenerateJobConfig | EditJobConfig
 def config_from_job(spec: JobSpec) -> JobConfig:
     """job.json's settings (the config's own names, nested as it nests them) -> the task's config."""
     if spec.task == "texture":
-        return texture_config_from_job(spec.settings, spec.mesh, spec.output_dir)
+        config = texture_config_from_job(spec.settings, spec.mesh, spec.output_dir)
+        config.region = None if spec.region is None else str(spec.region)
+        config.keep_texture = None if spec.keep_texture is None else str(spec.keep_texture)
+        return config
     if spec.task == "generate":
         config = generate_config_from_job(spec.settings, spec.output_dir)
         if config.stage1_state is not None:  # from job.json, or from the saved settings of a resumed run
             config.stage1_state = str(spec.inside(config.stage1_state, "settings.stage1_state"))
         return config
     if spec.task == "edit":
-        return edit_config_from_job(spec.settings, spec.source, spec.output_dir)
+        config = edit_config_from_job(spec.settings, spec.source, spec.output_dir)
+        config.region = None if spec.region is None else str(spec.region)
+        return config
     raise JobFileError(f"This engine cannot run {spec.task!r} jobs yet.", "Update the engine.")
 
 
@@ -45,16 +50,18 @@ def _refuse_paths_in_settings(settings: dict, keys: tuple[str, ...], hint: str) 
 
 
 def texture_config_from_job(settings: dict, mesh: Path, out: Path) -> TextureJobConfig:
-    _refuse_paths_in_settings(settings, ("mesh", "out"),
-                              "Give the mesh as the job's top-level 'mesh' and the folder as 'output'.")
+    _refuse_paths_in_settings(settings, ("mesh", "out", "region", "keep_texture"),
+                              "Give the mesh as the job's top-level 'mesh', the folder as 'output', and a region's "
+                              "files as the top-level 'region' and 'keep_texture'.")
     if "prompt" not in settings:
         raise JobFileError("job.json settings have no 'prompt'.", "")
     return update_from_dict(TextureJobConfig(prompt="", mesh=str(mesh), out=str(out)), settings)
 
 
 def edit_config_from_job(settings: dict, source: Path, out: Path) -> EditJobConfig:
-    _refuse_paths_in_settings(settings, ("source", "out"),
-                              "Give the source as the job's top-level 'source' and the folder as 'output'.")
+    _refuse_paths_in_settings(settings, ("source", "out", "region"),
+                              "Give the source as the job's top-level 'source', the folder as 'output', and a "
+                              "region's file as the top-level 'region'.")
     if "target_prompt" not in settings:
         raise JobFileError("job.json settings have no 'target_prompt'.", "An edit needs target_prompt and edit_prompt.")
     return update_from_dict(EditJobConfig(source=str(source), target_prompt="", edit_prompt="", out=str(out)),

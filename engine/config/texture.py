@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Literal
 
 from ..errors import BadInputError
 from ..job.protocol import DEVICE_PATTERN
-from .checks import (MAX_PROMPT_CHARS, MAX_SEED, Settings, check_extra_cameras, check_setting, count, custom,
-                     integer, learning_rate_setting, pattern, text)
+from .checks import (MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_SEED, Settings, check_extra_cameras, check_setting, count,
+                     custom, integer, learning_rate_setting, number, pattern, probability, text)
 from .parts import DEFAULT_NEGATIVE_PROMPT, CameraConfig, GuidanceConfig, HashGridConfig, PriorConfig
 from .presets import apply_preset, open_settings, preset_for
 
@@ -22,6 +22,16 @@ PIXEL_MODEL_RENDER_SIZE = 512
 # What the texture field optimises: "albedo" a base colour shaded by one directional light (matte),
 # "pbr" base colour, roughness and metallic shaded under environment light (engine/render/pbr.py).
 Material = Literal["albedo", "pbr"]
+# Regions (docs/job-protocol.md, "Regions"): the band at a region's border where new and kept texture
+# blend lies inside the region and is the wider of these two: texels of the kept texture, and
+# distance over the surface in the unit box (the object's largest side is 1).
+DEFAULT_FEATHER_TEXELS = 8
+DEFAULT_FEATHER_DISTANCE = 0.03
+# A camera of the pool is kept for a region job when the region covers at least this share of the
+# object's pixels in its view (the best views are kept when too few reach it).
+DEFAULT_REGION_VIEW_SHARE = 0.05
+# Adam steps fitting the field to the kept texture before a region texture job.
+DEFAULT_REGION_FIT_STEPS = 300
 
 
 def render_size_setting(default: int | None = None) -> int | None:
@@ -38,6 +48,23 @@ def seed_setting() -> int:
 
 def device_setting() -> str:
     return pattern("auto", DEVICE_PATTERN, DEVICE_HINT)
+
+
+def region_path_setting() -> str | None:
+    """A region job's file (the region, the kept texture): None for a job on the whole object."""
+    return text(None, MAX_NAME_CHARS)
+
+
+def feather_texels_setting() -> int:
+    return integer(DEFAULT_FEATHER_TEXELS, 0, 256)
+
+
+def feather_distance_setting() -> float:
+    return number(DEFAULT_FEATHER_DISTANCE, 0.0, 1.0)
+
+
+def region_view_share_setting() -> float:
+    return probability(DEFAULT_REGION_VIEW_SHARE)
 
 
 @dataclass
@@ -68,6 +95,16 @@ class TextureJobConfig(Settings):
     # Cameras given by the caller (the add-on's scene cameras), in the mesh's own frame:
     # a list of {"matrix_world": 4x4 camera-to-world (OpenGL axes), "fovy_deg": float}.
     extra_cameras: list[dict] = custom([], check_extra_cameras)
+    # Only part of the object (docs/job-protocol.md, "Regions"): `region` a .npy of face indices or a
+    # per-face bool mask; `keep_texture` the image kept outside it, in the mesh's UV layout (None: the
+    # mesh file's own texture).
+    region: str | None = region_path_setting()
+    keep_texture: str | None = region_path_setting()
+    region_feather_texels: int = feather_texels_setting()
+    region_feather_distance: float = feather_distance_setting()
+    region_allow_whole_mesh: bool = False
+    region_view_share: float = region_view_share_setting()
+    region_fit_steps: int = count(DEFAULT_REGION_FIT_STEPS)
 
     def resolve_defaults(self) -> "TextureJobConfig":
         resolve_unlit_material(self)
@@ -90,6 +127,12 @@ class TextureJobConfig(Settings):
 
     def check_relations(self, where: str) -> None:
         check_lit_material(self)
+        if self.keep_texture is not None and self.region is None:
+            raise BadInputError("A texture to keep was given without a region.",
+                                "Add --region FACES.npy (the faces to texture), or leave out --keep-texture.")
+        if self.region is not None and self.reunwrap:
+            raise BadInputError("A region job keeps the mesh's UV layout (the kept texture lies in it); "
+                                "it cannot unwrap anew.", "Leave out --reunwrap.")
 
 
 def resolve_unlit_material(config: "TextureJobConfig | EditJobConfig") -> None:

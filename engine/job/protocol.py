@@ -16,7 +16,10 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 PROTOCOL_VERSION = 1
 TASKS = ("texture", "generate", "edit")
-_KNOWN_KEYS = {"protocol", "task", "mesh", "source", "output", "settings"}
+_KNOWN_KEYS = {"protocol", "task", "mesh", "source", "output", "settings", "region", "keep_texture"}
+# The tasks that may keep to a region, and those that may name a texture to keep outside it.
+REGION_TASKS = ("texture", "edit")
+KEEP_TEXTURE_TASKS = ("texture",)
 PROGRESS_LOG = "progress.jsonl"
 # A job.json the add-on writes is a few kB and 4 levels deep (settings.extra_cameras[i].matrix_world);
 # these bounds refuse crafted ones before they can exhaust memory or the parser's recursion.
@@ -32,6 +35,8 @@ class JobSpec:
     settings: dict[str, Any]
     mesh: Path | None = None
     source: Path | None = None
+    region: Path | None = None  # a .npy of the faces a texture or edit job keeps to
+    keep_texture: Path | None = None  # a texture job's image kept outside the region
 
     @property
     def cancel_path(self) -> Path:
@@ -130,6 +135,15 @@ def read_job(job_dir: str | Path) -> JobSpec:
         spec.source = _inside(job_dir, data.get("source"), "source")
     if "mesh" in data and spec.mesh is None:
         spec.mesh = _inside(job_dir, data["mesh"], "mesh")
+    for key, tasks in (("region", REGION_TASKS), ("keep_texture", KEEP_TEXTURE_TASKS)):
+        if key in data:
+            if task not in tasks:
+                raise JobFileError(f"job.json: {key!r} is for {' and '.join(tasks)} jobs, not {task} jobs.",
+                                   f"Leave {key!r} out of this job.")
+            setattr(spec, key, _inside(job_dir, data[key], key))
+    if spec.keep_texture is not None and spec.region is None:
+        raise JobFileError("job.json names a 'keep_texture' but no 'region'.",
+                           "Add the region's file as 'region', or leave 'keep_texture' out.")
     return spec
 
 

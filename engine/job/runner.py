@@ -30,6 +30,8 @@ class JobContext:
     timings: dict[str, float] = field(default_factory=dict)
     # Files written so far (name -> path relative to output_dir); kept for partial results.
     outputs: dict[str, str] = field(default_factory=dict)
+    # Top-level result.json entries a pipeline adds (a region job's "region").
+    result_extra: dict = field(default_factory=dict)
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -104,7 +106,7 @@ def run_pipeline(task: str, settings: dict, output_dir: Path, device_name: str,
     timings = dict(context.timings) if context else {}
     timings["total_s"] = time.monotonic() - start
     outputs = dict(context.outputs) if context else {}
-    extra = {}
+    extra = dict(context.result_extra) if context else {}
     if "texture" in outputs:
         # Which maps the texture set has (docs/job-protocol.md): a PBR set packs roughness and metallic in orm.png.
         extra["material"] = "pbr" if "orm" in outputs else "albedo"

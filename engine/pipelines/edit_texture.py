@@ -20,6 +20,11 @@ Read top to bottom, this is the whole job (docs/edit.md has the measurements):
      not mention stays;
   5. bake, export and save exactly as the texture job does; the state is again of kind
      "texture", so edits chain.
+With a `region` (engine/pipelines/kit/regions.py) Eq. 11 acts inside the region only: the renders show
+the source's own maps outside it and the field inside, from views that see the region; the
+preservation term counts each pixel by its kept share (it acts in the border's band, and outside the
+region, where the render is the source's texture itself, it is zero); the bake keeps the source's maps
+texel for texel outside the region.
 A generated asset's geometry is edited (`edit_geometry`) by engine/pipelines/edit_geometry.py;
 the task table (engine/pipelines/tasks.py) picks which of the two runs an edit job.
 """
@@ -29,29 +34,27 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..bake.region import RegionTexels, region_texels
 from ..config import EditJobConfig
 from ..errors import BadInputError, first_line
-from ..field.texture_field import MATERIAL_CHANNELS, TextureField, fit_field
+from ..field.texture_field import MATERIAL_CHANNELS, TextureField
 from ..files import atomic_write_bytes
 from ..job.runner import JobContext
-from ..mesh.sampling import sample_surface
-from ..mesh.types import TriangleMesh
 from ..prior.base import DiffusionPrior
 from ..prior.load import load_prior
 from .kit.cameras import build_cameras
 from .kit.loop import LoopPlan, run_loop, seeded_generator
 from .kit.outputs import bake_and_export, save_corner_uvs, write_field_preview
 from .kit.prompts import edit_prompts, encode_prompts_once
+from .kit.regions import (RegionBlend, RegionLayers, favour_region_views, fit_field_to_texture, read_region,
+                          source_kept_maps)
+from .kit.regions import sample_texture  # noqa: F401  (this job's texture lookup, where callers have found it)
 from .kit.sources import EditSource, open_source
 from .texture_step import Preservation, make_texture_step, render_field_view
 from .views import ViewPool
 
-# Fitting a field to a mesh file's texture: surface samples drawn once, a batch of them per step.
-FIT_SAMPLES = 1 << 18
 # Views over which the summary measures how far the edit moved from the source.
 SUMMARY_VIEWS = 8
 
@@ -70,6 +73,13 @@ def run_edit_texture(config: EditJobConfig, context: JobContext) -> dict[str, st
         config.resolve_source_defaults(source.settings, texture_hint, source.material)
         config.hash_grid = source.field_config  # recorded in the saved state, so the next edit can load it
         mesh = source.mesh
+        blend, kept = None, None
+        if config.region is not None:
+            kept = source_kept_maps(source)
+            faces = read_region(config.region, mesh.input_triangles, mesh.kept_triangles,
+                                config.region_allow_whole_mesh)
+            blend = RegionBlend.build(mesh.unit, faces, kept.shape, config.region_feather_texels,
+                                      config.region_feather_distance)
         # Written now so the add-on can show live previews (an edit never changes the UV layout).
         context.outputs["corner_uvs"] = write_corner_uvs(out, source)
         positions = torch.from_numpy(mesh.unit.positions).to(device)
@@ -95,7 +105,17 @@ def run_edit_texture(config: EditJobConfig, context: JobContext) -> dict[str, st
 
         # 3. The views: rasterised once, on first use; the step (eager on CPU, one CUDA graph on GPUs).
         cameras = build_cameras(config, mesh.normalization, generator)
-        views = ViewPool(positions, triangles, cameras, config.render_size, with_control=prior.supports_controlnet)
+        texels: RegionTexels | None = None
+        if blend is None:
+            views = ViewPool(positions, triangles, cameras, config.render_size,
+                             with_control=prior.supports_controlnet)
+        else:
+            kept_values = kept.channels(field.channels)
+            views = ViewPool(positions, triangles, cameras, config.render_size, with_control=prior.supports_controlnet,
+                             region=RegionLayers(blend, kept_values, mesh.unit, device))
+            views, view_share = favour_region_views(views, blend.faces, config.region_view_share)
+            cameras = views.cameras
+            texels = region_texels(mesh.unit, blend.faces, kept_values, blend.weights, device)
         preservation = Preservation(source_field, config.preserve_weight) if config.preserve_weight > 0 else None
         edit_step = make_texture_step(field, prior, views, cameras, embeddings, config, generator, device,
                                       preservation=preservation)
@@ -103,14 +123,17 @@ def run_edit_texture(config: EditJobConfig, context: JobContext) -> dict[str, st
 
     # 4. Optimisation: Eq. 11, plus the pull back towards the source's render.
     loss_value = run_loop(LoopPlan(config.steps, preview_every=config.preview_every), edit_step, context,
-                          lambda step: write_field_preview(field, mesh, views, step, context))
+                          lambda step: write_field_preview(field, mesh, views, step, context, texels))
 
     # 5. Bake and export, as the texture job.
     with context.timed("bake_s"):
         change = change_from_source(field, source_field, views, SUMMARY_VIEWS)
-    outputs, coverage = bake_and_export(field, mesh, config, context)
+    outputs, coverage = bake_and_export(field, mesh, config, context, texels)
     summary = {"source_kind": source.kind, "coverage": round(coverage, 4), "final_loss": loss_value,
                "change_from_source": round(change, 5)}
+    if blend is not None:
+        summary.update(region=blend.summary(), region_views=round(view_share, 4))
+        context.result_extra["region"] = blend.summary()
     if fit_rmse is not None:
         summary["fit_rmse"] = round(fit_rmse, 5)
     reporter.emit("summary", **summary)
@@ -136,22 +159,6 @@ def load_field_state(field: TextureField, state: dict, source: Path) -> None:
         raise BadInputError(f"The texture field saved in {source} does not fit this engine's field "
                             f"({first_line(error)}).",
                             "Run the texture job again with this engine.") from error
-
-
-def fit_field_to_texture(field: TextureField, mesh_unit: TriangleMesh, texture: np.ndarray, steps: int,
-                         generator: torch.Generator, device: torch.device, cancel) -> float:
-    """Regress the field, at points spread over the surface by area, to the texture's colour
-    there (looked up through the UVs, bilinearly). Returns the RMSE on the last batch."""
-    points, uvs = sample_surface(mesh_unit, FIT_SAMPLES, generator)
-    return fit_field(field, points.to(device), sample_texture(texture, uvs).to(device), steps, generator, cancel)
-
-
-def sample_texture(texture: np.ndarray, uvs: torch.Tensor) -> torch.Tensor:
-    """Bilinear colours (N, 3) in [0, 1] of a uint8 (H, W, 3) image at UVs (v up: row 0 is v = 1)."""
-    image = torch.tensor(texture[..., :3]).float().div(255.0).permute(2, 0, 1)[None]
-    grid = torch.stack([uvs[:, 0] * 2.0 - 1.0, 1.0 - uvs[:, 1] * 2.0], dim=-1)[None, :, None, :]
-    colours = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-    return colours[0, :, :, 0].T.contiguous()
 
 
 # --- 2. The prompts -----------------------------------------------------------------------------

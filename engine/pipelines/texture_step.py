@@ -9,6 +9,9 @@ field (base colour, roughness, metallic) by `shade_pbr` under a random environme
 turned at random about +Z (engine/render/pbr.py), its sRGB base colour made linear first.
 The edit job runs the same step with the prompts [target, "", edit] (Eq. 11) and a Preservation
 term: an image-space L2 to a reference field's render from the same view, light and background.
+A region job (engine/pipelines/kit/regions.py) renders the view's kept values outside the region and
+the field inside (RegionLayer.blend), so the gradient reaches the field only there; its preservation
+term counts each pixel by the kept share (1 - the field's share): nothing in the region's core.
 
   EagerTextureStep    the reference: dynamic shapes (boolean-mask indexing), Python-float
                       settings, random draws inside `score_distillation_loss`. CPU default.
@@ -54,7 +57,7 @@ from ..render.cameras import Cameras
 from ..render.gbuffer import GBuffer
 from ..render.pbr import EnvironmentLighting, environment_bank, sample_environment_lighting, shade_pbr
 from ..render.shading import Lighting, sample_backgrounds, sample_lighting, shade
-from .views import ViewPool
+from .views import RegionLayer, ViewPool
 
 MODES = ("auto", "eager", "static", "graphed")
 # Untimed steps run on a side stream before capture (lazy initialisation of cuBLAS/cuDNN
@@ -71,9 +74,23 @@ class Preservation:
     weight: float
 
 
-def preservation_loss(rgb: Tensor, reference: Tensor) -> Tensor:
-    """Image-space L2: the mean over pixels of the squared RGB difference to the reference render."""
-    return ((rgb - reference.detach()) ** 2).sum(dim=-1).mean()
+def preservation_loss(rgb: Tensor, reference: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+    """Image-space L2: the mean over pixels of the squared RGB difference to the reference render,
+    each pixel counted by `pixel_weight` (1, H, W, 1) when given."""
+    squared = ((rgb - reference.detach()) ** 2).sum(dim=-1)
+    if pixel_weight is not None:
+        squared = squared * pixel_weight[..., 0]
+    return squared.mean()
+
+
+def blended(values: Tensor, layer: RegionLayer | None) -> Tensor:
+    """A field's values as a region job shows them (RegionLayer.blend); unchanged without a region."""
+    return values if layer is None else layer.blend(values)
+
+
+def kept_share(layer: RegionLayer | None) -> Tensor | None:
+    """Per pixel, the share of the kept texture: what a region edit's preservation term counts."""
+    return None if layer is None else 1.0 - layer.weight
 
 
 # A view's light: none (lighting off), a directional light (albedo) or an environment (pbr).
@@ -85,11 +102,6 @@ def render_field_view(field: TextureField, view: GBuffer) -> Tensor:
     values = torch.zeros(*view.mask.shape, field.channels, device=view.position.device)
     values[view.mask] = field(view.position[view.mask])
     return values
-
-
-def render_albedo_view(field: TextureField, view: GBuffer) -> Tensor:
-    """Base-colour image (1, H, W, 3) (sRGB-encoded, as textures store it), unlit."""
-    return render_field_view(field, view)[..., :BASE_COLOUR_CHANNELS]
 
 
 def view_directions(view: GBuffer) -> Tensor:
@@ -149,10 +161,12 @@ class EagerTextureStep:
         config, generator, device = self.config, self.generator, self.device
         index = int(torch.randint(len(self.cameras), (1,), generator=generator))
         view, control = self.views.get(index)
+        layer = self.views.layer(index)
         light = sample_light(config.lighting, self.field.material, self.cameras.index([index]), generator, device)
         background = sample_backgrounds(1, generator, device)
         view_dir = view_directions(view)
-        rgb = shade_values(render_field_view(self.field, view), view.normal, view_dir, view.mask, light, background)
+        rgb = shade_values(blended(render_field_view(self.field, view), layer), view.normal, view_dir, view.mask,
+                           light, background)
         x = self.prior.images_to_model_input(rgb.permute(0, 3, 1, 2))
 
         control_images = ControlImages(control, config.prior.controlnet_scale_at(step)) if control else None
@@ -160,9 +174,9 @@ class EagerTextureStep:
                                        control_images).loss
         if self.preservation is not None:
             with torch.no_grad():
-                reference = shade_values(render_field_view(self.preservation.reference_field, view), view.normal,
-                                         view_dir, view.mask, light, background)
-            loss = loss + self.preservation.weight * preservation_loss(rgb, reference)
+                reference = shade_values(blended(render_field_view(self.preservation.reference_field, view), layer),
+                                         view.normal, view_dir, view.mask, light, background)
+            loss = loss + self.preservation.weight * preservation_loss(rgb, reference, kept_share(layer))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -265,6 +279,10 @@ class StaticTextureStep:
         self.view_dir = torch.zeros_like(first_view.normal)
         self.mask = torch.zeros_like(first_view.mask)
         self.control = {key: torch.zeros_like(image) for key, image in first_control.items()}
+        # A region job's view layer (blend weights, kept values); None for a whole-object job.
+        first_layer = views.layer(0)
+        self.layer = None if first_layer is None else RegionLayer(torch.zeros_like(first_layer.weight),
+                                                                  torch.zeros_like(first_layer.kept))
         self.light = light_buffer(config.lighting, field.material, device)
         self.background = torch.zeros(1, 3, device=device)
         self.control_scale = torch.zeros((), device=device)
@@ -288,6 +306,10 @@ class StaticTextureStep:
         self.mask.copy_(view.mask)
         for key, image in control.items():
             self.control[key].copy_(image)
+        if self.layer is not None:
+            layer = self.views.layer(index)
+            self.layer.weight.copy_(layer.weight)
+            self.layer.kept.copy_(layer.kept)
         light = sample_light(config.lighting, self.field.material, self.cameras.index([index]), generator, device)
         if light is not None:
             for item in dataclasses.fields(light):  # the tensors; an environment's bank is the buffer's own
@@ -307,7 +329,8 @@ class StaticTextureStep:
         values = field(self.points)
         flat = values.new_zeros(self.height * self.width + 1, field.channels).index_put((self.pixels,), values)
         image = flat[:-1].view(1, self.height, self.width, field.channels)  # the trash pixel is dropped
-        return shade_values(image, self.normal, self.view_dir, self.mask, self.light, self.background)
+        return shade_values(blended(image, self.layer), self.normal, self.view_dir, self.mask, self.light,
+                            self.background)
 
     def loss(self) -> Tensor:
         """The eager step's loss on the static inputs (same formulas, tensors for w2 and scale)."""
@@ -322,7 +345,7 @@ class StaticTextureStep:
         if self.preservation is not None:
             with torch.no_grad():
                 reference = self.render(self.preservation.reference_field)
-            loss = loss + self.preservation.weight * preservation_loss(rgb, reference)
+            loss = loss + self.preservation.weight * preservation_loss(rgb, reference, kept_share(self.layer))
         return loss
 
     def _distillation_loss(self) -> tuple[Tensor, Tensor]:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ...bake.bake import bake_texture
 from ...bake.maps import MaterialMaps
+from ...bake.region import RegionTexels, bake_region
 from ...bake.preview import save_preview_sheet
 from ...config import to_dict
 from ...field.texture_field import TextureField
@@ -24,7 +26,7 @@ from ...job.state_files import TextureState
 from ...mesh.export import write_glb, write_obj
 from ...mesh.types import Normalization, TriangleMesh
 from ...mesh.uv import unwrap
-from ..texture_step import render_albedo_view
+from ..texture_step import blended, render_field_view
 from ..views import ViewPool
 
 PREVIEW_TEXTURE_SIZE = 256
@@ -68,15 +70,18 @@ def mesh_for_export(unit: TriangleMesh, normalization: Normalization, texture_si
     return PreparedMesh(user, unit, normalization, np.arange(count), count, unwrapped, [])
 
 
-def bake_and_export(field: TextureField, mesh: PreparedMesh, config,
-                    context: JobContext) -> tuple[dict[str, str], float]:
+def bake_and_export(field: TextureField, mesh: PreparedMesh, config, context: JobContext,
+                    region: RegionTexels | None = None) -> tuple[dict[str, str], float]:
     """The texture and edit jobs' last stages: bake the field (all its channels, so a PBR field's
-    maps too) into the mesh's UV layout, export it and save the state. Returns the outputs and the
-    bake's UV coverage."""
+    maps too) into the mesh's UV layout (a region job's: into the kept maps, engine/bake/region.py),
+    export it and save the state. Returns the outputs and the bake's UV coverage."""
     context.reporter.stage("baking")
     with context.timed("bake_s"):
-        baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device,
-                             cancel=context.cancel)
+        if region is None:
+            baked = bake_texture(mesh.unit, lambda p: field(p), config.texture_size, context.device,
+                                 cancel=context.cancel)
+        else:
+            baked = bake_region(region, lambda p: field(p), context.cancel)
     context.reporter.stage("exporting")
     with context.timed("export_s"):
         outputs = export_textured_mesh(context.output_dir, mesh, baked.image, context.cancel)
@@ -144,10 +149,16 @@ def write_preview(context: JobContext, step: int, view: np.ndarray, texture: np.
 
 
 def write_field_preview(field: TextureField, mesh: PreparedMesh, views: ViewPool, step: int,
-                        context: JobContext) -> None:
-    """The texture and edit jobs' preview: the field's base colour baked small, and in the first view."""
+                        context: JobContext, region: RegionTexels | None = None) -> None:
+    """The texture and edit jobs' preview: the field's base colour baked small, and in the first view
+    (a region job's: blended into the kept texture, at the kept texture's size, shown small)."""
     with torch.no_grad():
-        texture = bake_texture(mesh.unit, lambda p: field(p)[:, :3], PREVIEW_TEXTURE_SIZE, context.device).image
+        if region is None:
+            texture = bake_texture(mesh.unit, lambda p: field(p)[:, :3], PREVIEW_TEXTURE_SIZE, context.device).image
+        else:
+            full = np.ascontiguousarray(bake_region(region, lambda p: field(p)).image[..., :3])
+            texture = np.asarray(Image.fromarray(full).resize((PREVIEW_TEXTURE_SIZE, PREVIEW_TEXTURE_SIZE),
+                                                              Image.BILINEAR))
         view, _ = views.get(0)
-        render = render_albedo_view(field, view)[0]
+        render = blended(render_field_view(field, view), views.layer(0))[0, ..., :3]
     write_preview(context, step, (render.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8), texture)
