@@ -128,16 +128,24 @@ class _EventTail:
 
 
 def _read_inside(folder: Path, relative) -> bytes | None:
+    """A file an event names in the output folder; one in the run's partial folder is looked for
+    where the swap put it too (a short run may have published before this read its event)."""
     if not isinstance(relative, str):
         return None
     name = PurePosixPath(relative)
     if name.is_absolute() or ".." in name.parts:
         return None
-    path = folder / name.as_posix()
-    try:
-        return path.read_bytes() if path.is_file() and not path.is_symlink() else None
-    except OSError:
-        return None
+    candidates = [name]
+    if len(name.parts) > 1 and name.parts[0].startswith(".partial-"):
+        candidates.append(PurePosixPath(*name.parts[1:]))
+    for candidate in candidates:
+        path = folder / candidate.as_posix()
+        try:
+            if path.is_file() and not path.is_symlink():
+                return path.read_bytes()
+        except OSError:
+            continue
+    return None
 
 
 def _prepare(job_zip: bytes, job_dir: Path, checkpoint: dict[str, bytes] | None) -> Path:
