@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 
-from ..bake.region import RegionTexels, region_texels
 from ..config import EditJobConfig
 from ..errors import BadInputError, first_line
 from ..field.texture_field import MATERIAL_CHANNELS, TextureField
@@ -48,7 +47,7 @@ from .kit.cameras import build_cameras
 from .kit.loop import LoopPlan, run_loop, seeded_generator
 from .kit.outputs import bake_and_export, save_corner_uvs, write_field_preview
 from .kit.prompts import edit_prompts, encode_prompts_once
-from .kit.regions import (RegionBlend, RegionLayers, favour_region_views, fit_field_to_texture, read_region,
+from .kit.regions import (RegionBlend, fit_field_to_texture, job_views, read_region,
                           source_kept_maps)
 from .kit.regions import sample_texture  # noqa: F401  (this job's texture lookup, where callers have found it)
 from .kit.sources import EditSource, open_source
@@ -105,17 +104,9 @@ def run_edit_texture(config: EditJobConfig, context: JobContext) -> dict[str, st
 
         # 3. The views: rasterised once, on first use; the step (eager on CPU, one CUDA graph on GPUs).
         cameras = build_cameras(config, mesh.normalization, generator)
-        texels: RegionTexels | None = None
-        if blend is None:
-            views = ViewPool(positions, triangles, cameras, config.render_size,
-                             with_control=prior.supports_controlnet)
-        else:
-            kept_values = kept.channels(field.channels)
-            views = ViewPool(positions, triangles, cameras, config.render_size, with_control=prior.supports_controlnet,
-                             region=RegionLayers(blend, kept_values, mesh.unit, device))
-            views, view_share = favour_region_views(views, blend.faces, config.region_view_share)
-            cameras = views.cameras
-            texels = region_texels(mesh.unit, blend.faces, kept_values, blend.weights, device)
+        pool = job_views(positions, triangles, cameras, config.render_size, prior.supports_controlnet, field.channels,
+                         blend, kept, mesh.unit, config.region_view_share, device)
+        views, cameras, texels = pool.views, pool.cameras, pool.texels
         preservation = Preservation(source_field, config.preserve_weight) if config.preserve_weight > 0 else None
         edit_step = make_texture_step(field, prior, views, cameras, embeddings, config, generator, device,
                                       preservation=preservation)
@@ -132,7 +123,7 @@ def run_edit_texture(config: EditJobConfig, context: JobContext) -> dict[str, st
     summary = {"source_kind": source.kind, "coverage": round(coverage, 4), "final_loss": loss_value,
                "change_from_source": round(change, 5)}
     if blend is not None:
-        summary.update(region=blend.summary(), region_views=round(view_share, 4))
+        summary.update(region=blend.summary(), region_views=round(pool.view_share, 4))
         context.result_extra["region"] = blend.summary()
     if fit_rmse is not None:
         summary["fit_rmse"] = round(fit_rmse, 5)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 
-from ..bake.region import RegionTexels, region_texels
 from ..config import TextureJobConfig
 from ..field.texture_field import MATERIAL_CHANNELS, TextureField
 from ..job.runner import JobContext
@@ -34,11 +33,10 @@ from .kit.cameras import build_cameras
 from .kit.loop import LoopPlan, run_loop, seeded_generator
 from .kit.outputs import PreparedMesh, bake_and_export, save_corner_uvs, warning_event, write_field_preview
 from .kit.prompts import encode_prompts_once
-from .kit.regions import (KeptMaps, RegionBlend, RegionLayers, favour_region_views, fit_field_to_texture,
+from .kit.regions import (KeptMaps, RegionBlend, fit_field_to_texture, job_views,
                           keep_texture_for, read_region)
 from .kit.sources import is_placeholder_texture
 from .texture_step import make_texture_step
-from .views import ViewPool
 
 
 def prepare_mesh(path: str, up_axis: str | None, reunwrap: bool, texture_size: int,
@@ -115,17 +113,10 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
         config.resolve_render_size(prior.resolution, prior.pixel_space)
         field = TextureField(config.hash_grid, seed=config.seed,
                              channels=MATERIAL_CHANNELS[config.material]).to(device)
-        texels: RegionTexels | None = None
-        if blend is None:
-            views = ViewPool(positions, triangles, cameras, config.render_size,
-                             with_control=prior.supports_controlnet)
-        else:
-            kept_values = kept.channels(field.channels)
-            views = ViewPool(positions, triangles, cameras, config.render_size, with_control=prior.supports_controlnet,
-                             region=RegionLayers(blend, kept_values, mesh.unit, device))
-            views, view_share = favour_region_views(views, blend.faces, config.region_view_share)
-            cameras = views.cameras
-            texels = region_texels(mesh.unit, blend.faces, kept_values, blend.weights, device)
+        pool = job_views(positions, triangles, cameras, config.render_size, prior.supports_controlnet, field.channels,
+                         blend, kept, mesh.unit, config.region_view_share, device)
+        views, cameras, texels = pool.views, pool.cameras, pool.texels
+        if blend is not None:
             # The optimisation starts from what was there: the field fitted to the kept texture (on the
             # whole surface, so that the saved state holds the whole result for an edit to continue).
             reporter.stage("fitting kept texture")
@@ -144,7 +135,7 @@ def run_texture(config: TextureJobConfig, context: JobContext) -> dict[str, str]
     outputs, coverage = bake_and_export(field, mesh, config, context, texels)
     summary = {"coverage": round(coverage, 4), "final_loss": loss_value, "unwrapped": mesh.unwrapped}
     if blend is not None:
-        summary.update(region=blend.summary(), region_views=round(view_share, 4))
+        summary.update(region=blend.summary(), region_views=round(pool.view_share, 4))
         context.result_extra["region"] = blend.summary()
     reporter.emit("summary", **summary)
     return outputs

@@ -42,6 +42,8 @@ from ...job.paths import file_inside
 from ...mesh.load import MAX_TEXTURE_SIDE
 from ...mesh.sampling import sample_surface
 from ...mesh.types import TriangleMesh
+from ...bake.region import RegionTexels, region_texels
+from ...render.cameras import Cameras
 from ...render.gbuffer import GBuffer
 from ..views import RegionLayer, ViewPool
 from .sources import EditSource
@@ -354,6 +356,31 @@ class RegionLayers:
             uvs = surface_uvs(view, self.positions, self.triangles, self.corner_uvs)
             kept[mask] = sample_texture(self.kept, uvs).to(device)
         return RegionLayer(weight, kept)
+
+
+@dataclass
+class JobViews:
+    """A texture or edit job's view pool, with what its region (if any) adds to it."""
+
+    views: ViewPool
+    cameras: Cameras
+    texels: RegionTexels | None = None  # the region's texels and blend weights, for previews and the bake
+    view_share: float | None = None  # the share of the pool whose views see the region
+
+
+def job_views(positions: Tensor, triangles: Tensor, cameras: Cameras, render_size: int, with_control: bool,
+              channels: int, blend: RegionBlend | None, kept: KeptMaps | None, mesh_unit: TriangleMesh,
+              min_share: float, device: torch.device) -> JobViews:
+    """The views rasterised once, on first use; with a region, the kept texture drawn outside it and
+    only the views that see it."""
+    if blend is None:
+        return JobViews(ViewPool(positions, triangles, cameras, render_size, with_control=with_control), cameras)
+    kept_values = kept.channels(channels)
+    views = ViewPool(positions, triangles, cameras, render_size, with_control=with_control,
+                     region=RegionLayers(blend, kept_values, mesh_unit, device))
+    views, view_share = favour_region_views(views, blend.faces, min_share)
+    texels = region_texels(mesh_unit, blend.faces, kept_values, blend.weights, device)
+    return JobViews(views, views.cameras, texels, view_share)
 
 
 def favour_region_views(views: ViewPool, faces: np.ndarray, min_share: float) -> tuple[ViewPool, float]:
