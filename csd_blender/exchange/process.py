@@ -126,9 +126,15 @@ class EngineProcess:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the process ends (background mode and shutdown only)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                return None
-            time.sleep(0.05)
-        return self.returncode
+        return wait_for_exit(self.poll, timeout)
+
+
+def wait_for_exit(poll, timeout: float | None) -> int | None:
+    """Call `poll` until it gives an exit code, or None once `timeout` seconds have passed: the
+    blocking wait of a local or a remote engine (background mode and shutdown only)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (code := poll()) is None:
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    return code

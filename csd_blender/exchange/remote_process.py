@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from . import job_folder, protocol
+from .process import wait_for_exit
 from .engine_output import EngineOutputError, clean_text, read_json_object, relative_name, resolve_inside
 from .errors import UserError
 from .progress import JobProgress, format_bytes
@@ -129,12 +130,7 @@ class RemoteEngineProcess:
                   "later fetch.")
 
     def wait(self, timeout: float | None = None) -> int | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                return None
-            time.sleep(0.05)
-        return self.returncode
+        return wait_for_exit(self.poll, timeout)
 
     # -- the background thread ------------------------------------------------------------------------
 
