@@ -11,7 +11,6 @@ carry the region's faces and, for texture jobs, the texture kept outside them (d
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +121,16 @@ def with_region(settings: dict, scene) -> dict:
             "region_feather_distance": round(float(scene.region_feather_distance), 6)}
 
 
-def write_region(job_dir: Path, region: JobRegion) -> None:
-    """region.npy (and keep.png) in the job folder, named by job.json's "region" (and "keep_texture")."""
+def write_region(job_dir: Path, region: JobRegion | None) -> dict[str, str]:
+    """region.npy (and keep.png) in the job folder; the job.json keys that name them (none without a region)."""
+    if region is None:
+        return {}
     np.save(job_dir / REGION_FILE, np.ascontiguousarray(region.faces, dtype=np.int32))
     keys = {"region": REGION_FILE}
     if region.kept is not None:
         region.kept.write_png(job_dir / KEEP_FILE)
         keys["keep_texture"] = KEEP_FILE
-    # job_folder.write_job writes the keys every job has; a region's two join the file it wrote.
-    path = job_dir / protocol.JOB_FILE
-    job_folder.write_json_atomic(path, {**json.loads(path.read_text("utf-8")), **keys})
+    return keys
 
 
 def _texture_region(obj, ex: mesh_export.ExportedMesh, choice: mesh_export.RegionChoice,
@@ -205,9 +204,8 @@ def prepare_texture(context) -> tuple[list[Job], list[str]]:
             job_dir = _new_job_dir("texture", obj.name, engine)
             try:
                 job_folder.write_mesh_npz(job_dir / protocol.MESH_FILE, ex.positions, ex.triangles, ex.corner_uvs)
-                job_folder.write_job(job_dir, "texture", settings, mesh=protocol.MESH_FILE)
-                if region is not None:
-                    write_region(job_dir, region)
+                job_folder.write_job(job_dir, "texture", settings, mesh=protocol.MESH_FILE,
+                                     **write_region(job_dir, region))
             except OSError as exc:
                 job_folder.remove_tree(job_dir)
                 raise UserError(f"The job folder could not be written: {exc}.", "Check free disk space.") from None
@@ -342,9 +340,7 @@ def prepare_edit(context) -> tuple[list[Job], list[str]]:
             settings.pop("edit_geometry", None)
         if region is not None:
             settings = with_region(settings, scene)
-        job_folder.write_job(job_dir, "edit", settings, source=source)
-        if region is not None:
-            write_region(job_dir, region)
+        job_folder.write_job(job_dir, "edit", settings, source=source, **write_region(job_dir, region))
     except UserError:
         job_folder.remove_tree(job_dir)
         raise

@@ -48,12 +48,13 @@ def create_job_dir(root: Path, task: str, label: str) -> Path:
 
 
 def write_job(job_dir: Path, task: str, settings: dict, *, mesh: str | None = None,
-              source: str | None = None, output: str = protocol.OUTPUT_DIR) -> Path:
-    """Write job.json. ``mesh`` and ``source`` are paths relative to the job folder."""
+              source: str | None = None, region: str | None = None, keep_texture: str | None = None,
+              output: str = protocol.OUTPUT_DIR) -> Path:
+    """Write job.json. ``mesh``, ``source``, ``region`` and ``keep_texture`` are paths relative to the job folder."""
     if task not in protocol.TASKS:
         raise ValueError(f"unknown task {task!r}")
     job: dict[str, Any] = {"protocol": protocol.PROTOCOL, "task": task, "output": output, "settings": settings}
-    for key, value in (("mesh", mesh), ("source", source)):
+    for key, value in (("mesh", mesh), ("source", source), ("region", region), ("keep_texture", keep_texture)):
         if value is not None:
             if Path(value).is_absolute() or ".." in Path(value).parts:
                 raise ValueError(f"{key} must be relative to the job folder: {value!r}")
